@@ -1,0 +1,164 @@
+"""Settings read from the environment (contract section 6); builds no clients."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from atp_service.domain import DEFAULT_AUTHORITY, Bucket, ChannelPolicy, Source
+
+Scope = Literal["availability:read", "reservations:write", "admin"]
+ALL_SCOPES: tuple[Scope, ...] = ("availability:read", "reservations:write", "admin")
+
+# Where `atp up` puts its embedded servers; the defaults of `atp api` and `atp worker`
+# point there so that either can be started by hand beside a running `atp up`.
+EMBEDDED_REDIS_PORT = 16379
+EMBEDDED_KAFKA_PORT = 19092
+EMBEDDED_API_PORT = 8000
+
+INBOUND_TOPICS = ("wms.inventory.v1", "erp.inventory.v1")
+EVENTS_TOPIC = "atp.events.v1"
+DLQ_TOPIC = "inventory.dlq.v1"
+
+
+class ApiKeySpec(BaseModel):
+    """One API key: the plain key or its SHA-256 (hex), and the scopes it grants."""
+
+    name: str
+    key: str | None = None
+    key_sha256: str | None = None
+    scopes: list[Scope]
+
+    @model_validator(mode="after")
+    def _exactly_one_secret(self) -> ApiKeySpec:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"API key {self.name!r}: give exactly one of 'key' or 'key_sha256'")
+        if self.key_sha256 is not None:
+            digest = self.key_sha256.lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"API key {self.name!r}: key_sha256 must be 64 hex digits")
+        return self
+
+    @property
+    def digest(self) -> str:
+        if self.key_sha256 is not None:
+            return self.key_sha256.lower()
+        assert self.key is not None
+        return hashlib.sha256(self.key.encode()).hexdigest()
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Each field reads ``ATP_<FIELD>`` from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ATP_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # -- where things are --------------------------------------------------------------
+    redis_url: str = f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
+    """Redis holding the folded positions, reservations and the outbox."""
+    kafka_brokers: Annotated[list[str], NoDecode] = [f"127.0.0.1:{EMBEDDED_KAFKA_PORT}"]
+    """Bootstrap servers, comma-separated ``host:port``."""
+
+    # -- security ------------------------------------------------------------------------
+    api_keys: list[ApiKeySpec] = []
+    """JSON list of ``{"name", "key" | "key_sha256", "scopes"}``; `atp api` refuses none."""
+    environment: Literal["development", "production"] = "development"
+    """In production, dev keys printed by `atp up` are refused."""
+
+    # -- the model -----------------------------------------------------------------------
+    channels_file: Path | None = None
+    """Initial channel policies (JSON or TOML); without it every channel sells everywhere."""
+    authority: dict[Bucket, Source] = dict(DEFAULT_AUTHORITY)
+    """Which source owns which bucket, as JSON ``{"on_hand": "wms", ...}``."""
+    dedup_window_seconds: int = Field(default=86_400, ge=86_400)
+    """How long an ``event_id`` is remembered; the contract asks for at least 24 h."""
+    key_groups: int = Field(default=16, ge=1, le=16_384)
+    """Hash-tag groups: item-sites of one group share a Redis Cluster slot and an outbox.
+    Fixed for the life of a Redis dataset."""
+
+    # -- Redis client --------------------------------------------------------------------
+    redis_timeout_seconds: float = Field(default=0.5, gt=0)
+    """Socket connect/read timeout: an outage is an error within this, never a hang."""
+    redis_max_connections: int = Field(default=64, ge=1)
+    redis_retry_after_seconds: int = Field(default=1, ge=1)
+    """``Retry-After`` sent with a 503 when Redis is unreachable."""
+
+    # -- stream worker -------------------------------------------------------------------
+    worker_app_id: str = "atp-worker"
+    """Faust app id, also the Kafka consumer group."""
+    worker_fold_batch: int = Field(default=500, ge=1)
+    """Events folded per Redis pipeline round trip."""
+    worker_metrics_port: int = Field(default=9102, ge=0, le=65535)
+    """Port of the worker's /metrics (0 turns it off)."""
+
+    # -- outbox relay --------------------------------------------------------------------
+    relay_batch: int = Field(default=500, ge=1)
+    relay_claim_idle_ms: int = Field(default=10_000, ge=100)
+    """Entries a dead relay held for this long are taken over by a live one."""
+
+    # -- reservations --------------------------------------------------------------------
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=86_400)
+    expiry_sweep_interval_seconds: float = Field(default=0.2, gt=0)
+
+    @field_validator("kafka_brokers", mode="before")
+    @classmethod
+    def _split_brokers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else []
+        return value
+
+    @model_validator(mode="after")
+    def _no_dev_keys_in_production(self) -> Settings:
+        if self.environment == "production":
+            for spec in self.api_keys:
+                if spec.key is not None and spec.key.startswith("dev-"):
+                    raise ValueError(f"API key {spec.name!r} is a dev key; refused in production")
+        return self
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(self.kafka_brokers)
+
+    def load_channel_policies(self) -> dict[str, ChannelPolicy]:
+        """The initial channel policies from ``channels_file`` (empty without one)."""
+        if self.channels_file is None:
+            return {}
+        text = self.channels_file.read_text()
+        raw: dict[str, Any]
+        if self.channels_file.suffix == ".toml":
+            raw = tomllib.loads(text)
+            raw = raw.get("channels", raw)
+        else:
+            raw = json.loads(text)
+        return {name: policy_from_mapping(body) for name, body in raw.items()}
+
+
+def policy_from_mapping(body: dict[str, Any]) -> ChannelPolicy:
+    sites = body.get("sites")
+    return ChannelPolicy(
+        sites=tuple(sites) if sites is not None else None,
+        safety_stock=int(body.get("safety_stock", 0)),
+        share=int(body.get("share", 100)),
+        include_in_transit=bool(body.get("include_in_transit", False)),
+        in_transit_horizon_days=int(body.get("in_transit_horizon_days", 0)),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,139 @@
+"""Outbound events: the outbox relay that moves what the store wrote to ``atp.events.v1``.
+
+Every state change writes its events into a Redis outbox stream in the same atomic
+script as the change (see ``store/lua``). A relay reads them with a consumer group,
+publishes them to Kafka, waits for the broker's acknowledgement, and only then
+acknowledges and deletes them. A relay that dies leaves its entries pending; another
+relay claims them after ``claim_idle_ms``. Publication is therefore at least once, in
+order per outbox stream; consumers drop stale ``availability.changed`` by ``version``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from typing import Protocol
+
+from atp_service import metrics
+from atp_service.store import OutboxEntry, RedisStore
+
+log = logging.getLogger(__name__)
+
+EVENT_SCHEMA = "atp.event.v1"
+EVENT_TYPES = (
+    "availability.changed",
+    "reservation.held",
+    "reservation.confirmed",
+    "reservation.released",
+    "reservation.expired",
+    "reservation.consumed",
+    "inventory.drift_detected",
+)
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, messages: Sequence[tuple[str, str]]) -> None:
+        """Send (key, value) messages and return once the broker has acknowledged all."""
+
+
+class KafkaPublisher:
+    """A Publisher over an aiokafka producer the caller started (acks=all)."""
+
+    def __init__(self, producer: object) -> None:
+        self._producer = producer
+
+    async def publish(self, topic: str, messages: Sequence[tuple[str, str]]) -> None:
+        futures = [
+            await self._producer.send(topic, key=key.encode(), value=value.encode())  # type: ignore[attr-defined]
+            for key, value in messages
+        ]
+        await asyncio.gather(*futures)
+
+
+def relay_consumer_name(role: str) -> str:
+    return f"{role}-{socket.gethostname()}-{os.getpid()}"
+
+
+class OutboxRelay:
+    """Moves outbox entries to Kafka; run one per process (API or worker), any number."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        publisher: Publisher,
+        *,
+        topic: str,
+        consumer: str,
+        batch: int = 500,
+        claim_idle_ms: int = 10_000,
+        block_ms: int = 200,
+    ) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.topic = topic
+        self.consumer = consumer
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+        self.block_ms = block_ms
+        self._groups_ready = False
+        self._retry_own_pending = True  # on start, first finish what this name left behind
+
+    async def relay_once(self) -> int:
+        """Publish one batch; returns how many events went out. Raises on Redis/Kafka errors."""
+        if not self._groups_ready:
+            await self.store.ensure_relay_groups()
+            self._groups_ready = True
+        if self._retry_own_pending:
+            entries = await self._own_pending()
+            if not entries:
+                self._retry_own_pending = False
+                entries = await self.store.claim_stale_outbox(
+                    self.consumer, self.claim_idle_ms, self.batch
+                )
+        else:
+            entries = await self.store.read_outbox(self.consumer, self.batch, self.block_ms)
+        if not entries:
+            return 0
+        await self._publish(entries)
+        return len(entries)
+
+    async def _own_pending(self) -> list[OutboxEntry]:
+        return await self.store.read_outbox(self.consumer, self.batch, None, pending=True)
+
+    async def _publish(self, entries: Sequence[OutboxEntry]) -> None:
+        try:
+            await self.publisher.publish(self.topic, [(e.key, e.value) for e in entries])
+        except Exception:
+            # Not acknowledged: the entries stay pending for this consumer and go out again.
+            self._retry_own_pending = True
+            raise
+        await self.store.ack_outbox(entries)
+        metrics.OUTBOX_PUBLISHED.inc(len(entries))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until ``stop`` is set; survives Redis and Kafka outages with backoff."""
+        backoff = 0.1
+        claim_every = max(1.0, self.claim_idle_ms / 2000)
+        loop = asyncio.get_running_loop()
+        next_claim = loop.time() + claim_every
+        while not stop.is_set():
+            try:
+                if loop.time() >= next_claim:
+                    self._retry_own_pending = True  # also claims entries of dead relays
+                    next_claim = loop.time() + claim_every
+                await self.relay_once()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                metrics.OUTBOX_RELAY_FAILURES.inc()
+                self._groups_ready = False  # Redis may have come back empty (NOGROUP)
+                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                except TimeoutError:
+                    pass
+                backoff = min(backoff * 2, 5.0)

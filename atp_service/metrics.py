@@ -1,0 +1,45 @@
+"""Prometheus metrics shared by the API, the worker and the outbox relay (one registry each process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUEST_SECONDS = Histogram(
+    "atp_http_request_duration_seconds",
+    "HTTP request latency by route and status.",
+    ["method", "route", "status"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+EVENTS_FOLDED = Counter(
+    "atp_events_folded_total",
+    "Inbound events by topic, source and outcome (folded, unchanged, duplicate, stale).",
+    ["topic", "source", "outcome"],
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "atp_events_dead_lettered_total", "Inbound messages sent to the dead-letter topic.", ["code"]
+)
+DRIFT_EVENTS = Counter(
+    "atp_drift_events_total", "Snapshots that disagreed with the folded position.", ["bucket"]
+)
+DRIFT_UNITS = Counter(
+    "atp_drift_units_total", "Absolute units of disagreement found by snapshots.", ["bucket"]
+)
+CONSUMER_LAG = Gauge(
+    "atp_consumer_lag_messages", "Messages not yet consumed, per partition.", ["topic", "partition"]
+)
+OUTBOX_PUBLISHED = Counter(
+    "atp_outbox_published_total", "Outbound events relayed from the outbox to Kafka."
+)
+OUTBOX_RELAY_FAILURES = Counter(
+    "atp_outbox_relay_failures_total", "Relay attempts that failed (Kafka or Redis)."
+)
+OUTBOX_BACKLOG = Gauge("atp_outbox_backlog_events", "Events waiting in the outbox.")
+REDIS_ERRORS = Counter("atp_redis_errors_total", "Redis calls that failed.", ["component"])
+KAFKA_ERRORS = Counter("atp_kafka_errors_total", "Kafka calls that failed.", ["component"])
+RESERVATIONS = Counter(
+    "atp_reservations_total", "Reservation transitions by resulting status.", ["status"]
+)
+RESERVATION_AUDIT_MISMATCHES = Gauge(
+    "atp_reservation_audit_mismatches",
+    "Item-sites whose reserved units differ from their active reservation lines (last audit).",
+)

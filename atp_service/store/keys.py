@@ -1,0 +1,82 @@
+"""Every Redis key name the service uses, in one place.
+
+Item-sites are spread over ``groups`` hash-tag groups (``{g<n>}``, n = crc32 of
+``sku@site`` modulo the group count). Every key one item-site's fold needs (its position,
+the ids of the events it has folded, the outbox its events go to) carries the same tag,
+so on Redis Cluster the fold stays one single-slot script. The group count is fixed for
+the life of a dataset.
+
+Reservations span item-sites by nature; their keys carry their own tag (see
+``docs``/README: cross-slot reservations on Cluster).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+PREFIX = "atp"
+
+# Fields of a position hash. Short names: one hash per item-site, millions of them.
+F_ON_HAND = "oh"
+F_ALLOCATED = "al"
+F_QUARANTINED = "qu"
+F_RESERVED = "rs"
+F_VERSION = "v"
+F_AS_OF_MS = "ts"
+F_SAFETY_STOCK = "ss"
+F_LAST_DRIFT = "dr"
+IN_TRANSIT_PREFIX = "t:"  # "t:<epoch day of ETA>" or "t:-" for an unknown ETA
+IN_TRANSIT_NO_ETA = "t:-"
+SEQ_PREFIX = "q:"  # "q:<source>" -> last folded source_seq
+
+BUCKET_FIELDS = {
+    "on_hand": F_ON_HAND,
+    "allocated": F_ALLOCATED,
+    "quarantined": F_QUARANTINED,
+}
+
+POLICIES = f"{PREFIX}:policies"  # hash: channel -> policy JSON
+POLICIES_VERSION = f"{PREFIX}:policies:v"  # counter bumped on every policy change
+SITES = f"{PREFIX}:sites"  # set of every site ever folded
+RELAY_GROUP = "relay"  # consumer group reading the outbox streams
+
+
+def group_of(sku: str, site: str, groups: int) -> int:
+    return zlib.crc32(f"{sku}@{site}".encode()) % groups
+
+
+def tag(group: int) -> str:
+    return f"{{g{group}}}"
+
+
+def outbox(group: int) -> str:
+    return f"{PREFIX}:{tag(group)}:outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemSiteKeys:
+    position: str
+    seen_events: str
+    outbox: str
+
+
+class KeySpace:
+    """Key names for a dataset with a given number of hash-tag groups."""
+
+    def __init__(self, groups: int) -> None:
+        self.groups = groups
+        self.outboxes = [outbox(g) for g in range(groups)]
+
+    def item_site(self, sku: str, site: str) -> ItemSiteKeys:
+        group = group_of(sku, site, self.groups)
+        t = tag(group)
+        ident = f"{sku}@{site}"
+        return ItemSiteKeys(
+            position=f"{PREFIX}:{t}:p:{ident}",
+            seen_events=f"{PREFIX}:{t}:e:{ident}",
+            outbox=self.outboxes[group],
+        )
+
+    def position(self, sku: str, site: str) -> str:
+        return f"{PREFIX}:{tag(group_of(sku, site, self.groups))}:p:{sku}@{site}"

@@ -1,0 +1,117 @@
+-- Shared helpers, prepended to every script by the store (Redis scripts cannot import).
+-- Mirrors atp_service/domain/atp.py; tests/integration/test_lua_matches_domain.py checks it.
+
+local BUCKET_NAMES = {oh = 'on_hand', al = 'allocated', qu = 'quarantined', it = 'in_transit'}
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- RFC 3339 UTC timestamp with milliseconds from epoch milliseconds (no os.date in Redis).
+local function iso8601(ms)
+  local secs = math.floor(ms / 1000)
+  local millis = ms - secs * 1000
+  local days = math.floor(secs / 86400)
+  local rem = secs - days * 86400
+  -- civil_from_days (H. Hinnant)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d,
+    math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, millis)
+end
+
+-- A position hash as a Lua table of numbers; in-transit by ETA under pos.t[day|'-'].
+local function load_position(key)
+  local flat = redis.call('HGETALL', key)
+  local pos = {oh = 0, al = 0, qu = 0, rs = 0, v = 0, ts = 0, ss = false, t = {}, raw = {}}
+  for i = 1, #flat, 2 do
+    local f, val = flat[i], flat[i + 1]
+    pos.raw[f] = val
+    if string.sub(f, 1, 2) == 't:' then
+      pos.t[string.sub(f, 3)] = tonumber(val)
+    elseif f == 'ss' then
+      pos.ss = tonumber(val)
+    elseif f == 'oh' or f == 'al' or f == 'qu' or f == 'rs' or f == 'v' or f == 'ts' then
+      pos[f] = tonumber(val)
+    end
+  end
+  return pos
+end
+
+local function in_transit_total(pos)
+  local total = 0
+  for _, qty in pairs(pos.t) do total = total + qty end
+  return total
+end
+
+local function sells_from(pol, site)
+  if pol.s == nil or pol.s == cjson.null then return true end
+  for _, s in ipairs(pol.s) do
+    if s == site then return true end
+  end
+  return false
+end
+
+-- atp(sku, site, channel) of the contract.
+local function site_atp(pos, pol, today)
+  local sellable = pos.oh - pos.al - pos.qu - pos.rs
+  local shared = math.min(sellable, math.floor(sellable * pol.sh / 100))
+  local safety = pol.ss
+  if pos.ss then safety = pos.ss end
+  local atp = shared - safety
+  if atp < 0 then atp = 0 end
+  if pol.it == 1 then
+    if pol.hz == 0 then
+      local total = in_transit_total(pos)
+      if total > 0 then atp = atp + total end
+    else
+      local cutoff = today + pol.hz
+      for eta, qty in pairs(pos.t) do
+        if qty > 0 and eta ~= '-' and tonumber(eta) <= cutoff then atp = atp + qty end
+      end
+    end
+  end
+  return atp
+end
+
+-- {channel -> atp} for every channel (policy) that sells from this site.
+local function channel_atps(pos, policies, site, today)
+  local out = {}
+  for _, pol in ipairs(policies) do
+    if sells_from(pol, site) then out[pol.c] = site_atp(pos, pol, today) end
+  end
+  return out
+end
+
+-- XADD one outbound event; the value is the final JSON the relay publishes as is.
+local function emit(outbox, key, event)
+  redis.call('XADD', outbox, '*', 'k', key, 'v', cjson.encode(event))
+end
+
+-- availability.changed for each channel whose ATP moved.
+local function emit_changes(outbox, before, after, sku, site, version, ms, cause_id, corr)
+  local n = 0
+  for channel, atp in pairs(after) do
+    local prev = before[channel] or 0
+    if prev ~= atp then
+      emit(outbox, sku .. '@' .. site, {
+        schema = 'atp.event.v1', type = 'availability.changed',
+        event_id = 'chg:' .. cause_id .. ':' .. channel,
+        occurred_at = iso8601(ms), correlation_id = corr or cjson.null,
+        sku = sku, site = site, channel = channel, atp = atp, previous_atp = prev,
+        version = version,
+      })
+      n = n + 1
+    end
+  end
+  return n
+end

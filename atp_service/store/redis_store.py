@@ -1,0 +1,395 @@
+"""The Redis adapter: folds events, reads positions, keeps policies, feeds the outbox relay."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from importlib import resources
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from atp_service.domain import (
+    Bucket,
+    ChannelPolicy,
+    InventoryDelta,
+    InventorySnapshot,
+    ItemSite,
+    ItemSitePosition,
+)
+from atp_service.store import keys as k
+from atp_service.store.keys import KeySpace
+
+_EPOCH = date(1970, 1, 1)
+_BUCKET_CODES = {
+    Bucket.ON_HAND: k.F_ON_HAND,
+    Bucket.ALLOCATED: k.F_ALLOCATED,
+    Bucket.QUARANTINED: k.F_QUARANTINED,
+    Bucket.IN_TRANSIT: "it",
+}
+
+#: Errors that mean "Redis is not there right now"; callers turn them into 503 / retry.
+UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+class StoreUnavailable(Exception):
+    """Redis could not be reached within the configured timeout."""
+
+
+def connect(url: str, *, timeout: float, max_connections: int) -> aioredis.Redis:
+    """A client whose pool waits for a free connection and whose calls fail fast in an outage."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=5,
+        decode_responses=True,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def epoch_day(value: date) -> int:
+    return (value - _EPOCH).days
+
+
+def date_of_epoch_day(day: int) -> date:
+    return date.fromordinal(_EPOCH.toordinal() + day)
+
+
+def _load_lua(name: str) -> str:
+    lua = resources.files("atp_service.store") / "lua"
+    return (lua / "_lib.lua").read_text() + "\n" + (lua / name).read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyBook:
+    """The channel policies in force, with their encoding for the Lua scripts made once."""
+
+    policies: dict[str, ChannelPolicy]
+    version: int = 0
+    lua_json: str = field(default="", compare=False)
+
+    @classmethod
+    def of(cls, policies: dict[str, ChannelPolicy], version: int = 0) -> PolicyBook:
+        encoded = json.dumps(
+            [
+                {
+                    "c": name,
+                    "s": list(p.sites) if p.sites is not None else None,
+                    "ss": p.safety_stock,
+                    "sh": p.share,
+                    "it": 1 if p.include_in_transit else 0,
+                    "hz": p.in_transit_horizon_days,
+                }
+                for name, p in sorted(policies.items())
+            ],
+            separators=(",", ":"),
+        )
+        # cjson decodes "[]" as an empty table either way; keep it explicit.
+        return cls(policies=dict(policies), version=version, lua_json=encoded)
+
+    def policy(self, channel: str) -> ChannelPolicy:
+        """A channel without a policy sells from every site with no restriction."""
+        return self.policies.get(channel, DEFAULT_POLICY)
+
+
+DEFAULT_POLICY = ChannelPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class FoldOutcome:
+    status: str  # folded | unchanged | duplicate | stale
+    version: int
+    changes_emitted: int
+    drift: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    stream: str
+    entry_id: str
+    key: str
+    value: str
+
+
+def policy_to_json(policy: ChannelPolicy) -> str:
+    return json.dumps(
+        {
+            "sites": list(policy.sites) if policy.sites is not None else None,
+            "safety_stock": policy.safety_stock,
+            "share": policy.share,
+            "include_in_transit": policy.include_in_transit,
+            "in_transit_horizon_days": policy.in_transit_horizon_days,
+        }
+    )
+
+
+def policy_from_json(text: str) -> ChannelPolicy:
+    body = json.loads(text)
+    sites = body.get("sites")
+    return ChannelPolicy(
+        sites=tuple(sites) if sites is not None else None,
+        safety_stock=body["safety_stock"],
+        share=body["share"],
+        include_in_transit=body["include_in_transit"],
+        in_transit_horizon_days=body["in_transit_horizon_days"],
+    )
+
+
+def position_from_hash(raw: dict[str, str]) -> ItemSitePosition:
+    """Decode a position hash (see keys.py for the field names)."""
+    in_transit: dict[date | None, int] = {}
+    for name, value in raw.items():
+        if name.startswith(k.IN_TRANSIT_PREFIX):
+            eta = name[len(k.IN_TRANSIT_PREFIX) :]
+            in_transit[None if eta == "-" else date_of_epoch_day(int(eta))] = int(value)
+    ss = raw.get(k.F_SAFETY_STOCK)
+    return ItemSitePosition(
+        on_hand=int(raw.get(k.F_ON_HAND, 0)),
+        allocated=int(raw.get(k.F_ALLOCATED, 0)),
+        quarantined=int(raw.get(k.F_QUARANTINED, 0)),
+        reserved=int(raw.get(k.F_RESERVED, 0)),
+        in_transit_by_eta=in_transit,
+        safety_stock_override=int(ss) if ss is not None else None,
+        version=int(raw.get(k.F_VERSION, 0)),
+        as_of_ms=int(raw.get(k.F_AS_OF_MS, 0)),
+    )
+
+
+class RedisStore:
+    """The one adapter between the service and Redis. Receives its client; builds none."""
+
+    def __init__(self, client: aioredis.Redis, keys: KeySpace, *, dedup_window_seconds: int):
+        self.redis = client
+        self.keys = keys
+        self._window_ms = str(dedup_window_seconds * 1000)
+        self._fold: AsyncScript = client.register_script(_load_lua("fold.lua"))
+        self._set_safety_stock: AsyncScript = client.register_script(
+            _load_lua("set_safety_stock.lua")
+        )
+
+    def register_script(self, name: str) -> AsyncScript:
+        """Load ``lua/<name>`` with the shared helpers prepended (for other adapters' scripts)."""
+        return self.redis.register_script(_load_lua(name))
+
+    # -- health ----------------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    # -- folding -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _encode_event(event: InventoryDelta | InventorySnapshot) -> str:
+        body: dict[str, Any] = {
+            "id": event.event_id,
+            "src": event.source.value,
+            "seq": event.source_seq if event.source_seq is not None else -1,
+            "sku": event.sku,
+            "site": event.site,
+            "corr": event.correlation_id,
+        }
+        if isinstance(event, InventoryDelta):
+            body["k"] = "d"
+            body["b"] = _BUCKET_CODES[event.bucket]
+            body["d"] = event.delta
+            if event.bucket is Bucket.IN_TRANSIT:
+                body["eta"] = str(epoch_day(event.eta)) if event.eta is not None else "-"
+            if event.reservation_id is not None:
+                body["rid"] = event.reservation_id
+        else:
+            body["k"] = "s"
+            body["q"] = {_BUCKET_CODES[b]: qty for b, qty in event.quantities.items()}
+            if Bucket.IN_TRANSIT in event.quantities:
+                by_eta = event.in_transit_by_eta or {None: event.quantities[Bucket.IN_TRANSIT]}
+                body["tq"] = {
+                    (str(epoch_day(eta)) if eta is not None else "-"): qty
+                    for eta, qty in by_eta.items()
+                    if qty != 0
+                }
+        return json.dumps(body, separators=(",", ":"))
+
+    def _fold_keys(self, event: InventoryDelta | InventorySnapshot) -> list[str]:
+        ks = self.keys.item_site(event.sku, event.site)
+        return [ks.position, ks.seen_events, ks.outbox]
+
+    async def fold_many(
+        self, events: Sequence[InventoryDelta | InventorySnapshot], book: PolicyBook
+    ) -> list[FoldOutcome]:
+        """Fold events in order, in one pipelined round trip; each fold is atomic on its own."""
+        if not events:
+            return []
+        pipe: Pipeline = self.redis.pipeline(transaction=False)
+        for event in events:
+            await self._fold(
+                keys=self._fold_keys(event),
+                args=[self._encode_event(event), book.lua_json, self._window_ms],
+                client=pipe,
+            )
+        results = await pipe.execute()
+        return [self._outcome(r) for r in results]
+
+    async def fold(
+        self, event: InventoryDelta | InventorySnapshot, book: PolicyBook
+    ) -> FoldOutcome:
+        result = await self._fold(
+            keys=self._fold_keys(event),
+            args=[self._encode_event(event), book.lua_json, self._window_ms],
+        )
+        return self._outcome(result)
+
+    @staticmethod
+    def _outcome(result: Any) -> FoldOutcome:
+        status, version, emitted, drift = result
+        return FoldOutcome(
+            status=str(status),
+            version=int(version),
+            changes_emitted=int(emitted),
+            drift=json.loads(drift) if drift else None,
+        )
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def read_positions(self, items: Sequence[ItemSite]) -> list[ItemSitePosition]:
+        """Positions of many item-sites in one round trip; an unknown item-site is all zeros."""
+        pipe = self.redis.pipeline(transaction=False)
+        for item in items:
+            pipe.hgetall(self.keys.position(item.sku, item.site))
+        raws = await pipe.execute()
+        return [position_from_hash(cast(dict[str, str], raw)) for raw in raws]
+
+    async def last_drift(self, item: ItemSite) -> dict[str, Any] | None:
+        raw = await self.redis.hget(self.keys.position(item.sku, item.site), k.F_LAST_DRIFT)
+        return json.loads(raw) if raw else None
+
+    # -- sites -------------------------------------------------------------------------------
+
+    async def known_sites(self) -> list[str]:
+        return sorted(await self.redis.smembers(k.SITES))
+
+    async def register_sites(self, sites: Sequence[str]) -> None:
+        if sites:
+            await self.redis.sadd(k.SITES, *sites)
+
+    # -- channel policies and safety stock ---------------------------------------------------
+
+    async def policy_book(self) -> PolicyBook:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.get(k.POLICIES_VERSION)
+        pipe.hgetall(k.POLICIES)
+        version, raw = await pipe.execute()
+        policies = {name: policy_from_json(text) for name, text in raw.items()}
+        return PolicyBook.of(policies, int(version or 0))
+
+    async def policies_version(self) -> int:
+        return int(await self.redis.get(k.POLICIES_VERSION) or 0)
+
+    async def put_channel_policy(self, channel: str, policy: ChannelPolicy) -> int:
+        """Store a channel's policy; returns the new policies version."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(k.POLICIES, channel, policy_to_json(policy))
+        pipe.incr(k.POLICIES_VERSION)
+        _, version = await pipe.execute()
+        return int(version)
+
+    async def seed_channel_policies(self, policies: dict[str, ChannelPolicy]) -> None:
+        """Install initial policies for channels that have none yet (an admin's change wins)."""
+        if not policies:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        for name, policy in policies.items():
+            pipe.hsetnx(k.POLICIES, name, policy_to_json(policy))
+        pipe.incr(k.POLICIES_VERSION)
+        await pipe.execute()
+
+    async def set_safety_stock(
+        self,
+        item: ItemSite,
+        safety_stock: int | None,
+        book: PolicyBook,
+        *,
+        correlation_id: str,
+        change_id: str,
+    ) -> int:
+        """Set (or with None clear) the item-site's safety-stock override; returns version."""
+        ks = self.keys.item_site(item.sku, item.site)
+        version = await self._set_safety_stock(
+            keys=[ks.position, ks.outbox],
+            args=[
+                item.sku,
+                item.site,
+                "" if safety_stock is None else str(safety_stock),
+                book.lua_json,
+                change_id,
+                correlation_id,
+            ],
+        )
+        return int(version)
+
+    # -- outbox ------------------------------------------------------------------------------
+
+    async def ensure_relay_groups(self) -> None:
+        """Create the relay consumer group on every outbox stream (idempotent)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.keys.outboxes:
+            pipe.xgroup_create(stream, k.RELAY_GROUP, id="0", mkstream=True)
+        for result in await pipe.execute(raise_on_error=False):
+            if isinstance(result, ResponseError) and "BUSYGROUP" not in str(result):
+                raise result
+
+    async def read_outbox(
+        self, consumer: str, count: int, block_ms: int | None, *, pending: bool = False
+    ) -> list[OutboxEntry]:
+        """New entries for this relay consumer, or (``pending``) the ones it read but never acked."""
+        streams = dict.fromkeys(self.keys.outboxes, "0" if pending else ">")
+        reply = await self.redis.xreadgroup(
+            k.RELAY_GROUP, consumer, streams, count=count, block=None if pending else block_ms
+        )
+        return self._entries(reply)
+
+    async def claim_stale_outbox(self, consumer: str, idle_ms: int, count: int) -> list[OutboxEntry]:
+        """Take over entries another relay read but never acknowledged (it died)."""
+        out: list[OutboxEntry] = []
+        for stream in self.keys.outboxes:
+            reply = await self.redis.xautoclaim(
+                stream, k.RELAY_GROUP, consumer, min_idle_time=idle_ms, start_id="0", count=count
+            )
+            for entry_id, fields in reply[1]:
+                if fields:
+                    out.append(OutboxEntry(stream, entry_id, fields["k"], fields["v"]))
+        return out
+
+    @staticmethod
+    def _entries(reply: Any) -> list[OutboxEntry]:
+        out: list[OutboxEntry] = []
+        for stream, entries in reply or []:
+            for entry_id, fields in entries:
+                if fields:  # a pending entry deleted meanwhile comes back empty
+                    out.append(OutboxEntry(stream, entry_id, fields["k"], fields["v"]))
+        return out
+
+    async def ack_outbox(self, entries: Sequence[OutboxEntry]) -> None:
+        """Acknowledge and delete published entries."""
+        by_stream: dict[str, list[str]] = {}
+        for e in entries:
+            by_stream.setdefault(e.stream, []).append(e.entry_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, k.RELAY_GROUP, *ids)
+            pipe.xdel(stream, *ids)
+        await pipe.execute()
+
+    async def outbox_backlog(self) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.keys.outboxes:
+            pipe.xlen(stream)
+        return sum(int(n) for n in await pipe.execute())
