@@ -86,6 +86,7 @@ class OutboxRelay:
         if not self._groups_ready:
             await self.store.ensure_relay_groups()
             self._groups_ready = True
+        entries: list[OutboxEntry] = []
         if self._retry_own_pending:
             entries = await self._own_pending()
             if not entries:
@@ -93,7 +94,7 @@ class OutboxRelay:
                 entries = await self.store.claim_stale_outbox(
                     self.consumer, self.claim_idle_ms, self.batch
                 )
-        else:
+        if not entries:
             entries = await self.store.read_outbox(self.consumer, self.batch, self.block_ms)
         if not entries:
             return 0
