@@ -274,7 +274,7 @@ class RedisStore:
     # -- sites -------------------------------------------------------------------------------
 
     async def known_sites(self) -> list[str]:
-        return sorted(await self.redis.smembers(k.SITES))
+        return sorted(str(site) for site in await self.redis.smembers(k.SITES))
 
     async def register_sites(self, sites: Sequence[str]) -> None:
         if sites:
@@ -349,14 +349,16 @@ class RedisStore:
     async def read_outbox(
         self, consumer: str, count: int, block_ms: int | None, *, pending: bool = False
     ) -> list[OutboxEntry]:
-        """New entries for this relay consumer, or (``pending``) the ones it read but never acked."""
-        streams = dict.fromkeys(self.keys.outboxes, "0" if pending else ">")
+        """New entries for this relay consumer, or (``pending``) those it read but never acked."""
+        streams: dict[Any, Any] = dict.fromkeys(self.keys.outboxes, "0" if pending else ">")
         reply = await self.redis.xreadgroup(
             k.RELAY_GROUP, consumer, streams, count=count, block=None if pending else block_ms
         )
         return self._entries(reply)
 
-    async def claim_stale_outbox(self, consumer: str, idle_ms: int, count: int) -> list[OutboxEntry]:
+    async def claim_stale_outbox(
+        self, consumer: str, idle_ms: int, count: int
+    ) -> list[OutboxEntry]:
         """Take over entries another relay read but never acknowledged (it died)."""
         out: list[OutboxEntry] = []
         for stream in self.keys.outboxes:
