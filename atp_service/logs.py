@@ -1,0 +1,60 @@
+"""Structured JSON-lines logging with the correlation id of the request or event at hand."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+#: The correlation id of the HTTP request or inbound event being handled, if any.
+correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "correlation_id", default=None
+)
+
+_STANDARD_ATTRS = frozenset(
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
+)
+# Never written to a log line, whatever a caller passes as `extra`.
+_SECRET_KEYS = frozenset({"authorization", "api_key", "key", "password", "token", "secret"})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, correlation_id, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        cid = getattr(record, "correlation_id", None) or correlation_id.get()
+        if cid is not None:
+            line["correlation_id"] = cid
+        for name, value in record.__dict__.items():
+            if name in _STANDARD_ATTRS or name == "correlation_id" or name.startswith("_"):
+                continue
+            line[name] = "[redacted]" if name.lower() in _SECRET_KEYS else value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, separators=(",", ":"))
+
+
+def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
+    """Route the root logger (and uvicorn's, faust's) to stderr as JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # One line per request comes from the API's own middleware, not uvicorn's access log.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

@@ -1,0 +1,39 @@
+"""JSON log lines carry the correlation id and never a secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from atp_service.logs import JsonFormatter, correlation_id
+
+
+def _record(msg: str, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("atp.test", logging.INFO, __file__, 1, msg, None, None)
+    for k, v in extra.items():
+        setattr(record, k, v)
+    return record
+
+
+def test_a_log_line_is_one_json_object_with_the_current_correlation_id() -> None:
+    token = correlation_id.set("ord-88121")
+    try:
+        line = JsonFormatter().format(_record("folded", events=3))
+    finally:
+        correlation_id.reset(token)
+    body = json.loads(line)
+    assert body["msg"] == "folded"
+    assert body["correlation_id"] == "ord-88121"
+    assert body["events"] == 3
+    assert body["level"] == "info"
+    assert "\n" not in line
+
+
+def test_secrets_passed_as_extras_are_redacted() -> None:
+    body = json.loads(JsonFormatter().format(_record("auth", authorization="Bearer s3cret")))
+    assert body["authorization"] == "[redacted]"
+    assert "s3cret" not in json.dumps(body)
+
+
+def test_no_correlation_id_field_outside_a_request() -> None:
+    assert "correlation_id" not in json.loads(JsonFormatter().format(_record("idle")))
