@@ -1,0 +1,546 @@
+"""The `atp` command: up (the whole thing on one machine), api, worker, simulate, audit."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from atp_service.config import (
+    DLQ_TOPIC,
+    EMBEDDED_API_PORT,
+    EMBEDDED_KAFKA_PORT,
+    EMBEDDED_REDIS_PORT,
+    EVENTS_TOPIC,
+    INBOUND_TOPICS,
+    Settings,
+)
+
+LOOPBACK = "127.0.0.1"
+DEFAULT_WORKER_METRICS_PORT = 9102
+DEMO_CHANNELS_FILE = Path(__file__).resolve().parent.parent / "examples" / "channels.json"
+
+#: The dev keys `atp up` makes: name -> scopes.
+DEV_KEY_SCOPES: dict[str, list[str]] = {
+    "storefront": ["availability:read"],
+    "oms": ["reservations:write", "availability:read"],
+    "admin": ["availability:read", "reservations:write", "admin"],
+}
+
+
+class CliError(Exception):
+    """A problem to report in one line and exit non-zero, without a traceback."""
+
+
+# -- argument parsing -------------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not positive")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is negative")
+    return value
+
+
+def _add_simulation_options(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
+    parser.add_argument(
+        f"--{prefix}rate", type=_positive_float, default=200.0, help="events per second"
+    )
+    parser.add_argument(f"--{prefix}skus", type=_positive_int, default=1000, help="distinct skus")
+    parser.add_argument(f"--{prefix}sites", type=_positive_int, default=4, help="distinct sites")
+    parser.add_argument(
+        f"--{prefix}seed", type=int, default=None, help="fix the random choices (repeatable runs)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atp",
+        description="Available-to-promise inventory: WMS/ERP streams folded into Redis, "
+        "served over HTTP. Configuration comes from ATP_* environment variables (or .env).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up",
+        help="the whole thing on one machine: broker, Redis, worker, API",
+        description="Start a Kafka-compatible broker (Tansu) and a redis-server on loopback, "
+        "create the topics, run the stream worker and the API with fresh dev API keys, and "
+        "stop everything on Ctrl-C.",
+    )
+    up.add_argument("--demo", action="store_true", help="demo channel policies and traffic")
+    up.add_argument("--redis-port", type=_port, default=EMBEDDED_REDIS_PORT)
+    up.add_argument("--kafka-port", type=_port, default=EMBEDDED_KAFKA_PORT)
+    up.add_argument("--api-port", type=_port, default=EMBEDDED_API_PORT)
+    up.add_argument(
+        "--worker-metrics-port",
+        type=_port,
+        default=DEFAULT_WORKER_METRICS_PORT,
+        help="the worker's /metrics (0: off)",
+    )
+    up.add_argument(
+        "--workdir", type=Path, default=Path(".atp"), help="logs and server files (default .atp)"
+    )
+    up.add_argument(
+        "--channels-file",
+        type=Path,
+        default=None,
+        help="initial channel policies (JSON or TOML); --demo uses examples/channels.json",
+    )
+    up.add_argument(
+        "--ready-timeout", type=_positive_float, default=90.0, help="seconds to wait for /readyz"
+    )
+    _add_simulation_options(up, prefix="demo-")
+
+    api = sub.add_parser("api", help="the HTTP service alone")
+    api.add_argument("--host", default=LOOPBACK)
+    api.add_argument("--port", type=_port, default=EMBEDDED_API_PORT)
+    api.add_argument("--workers", type=_positive_int, default=1, help="uvicorn worker processes")
+
+    sub.add_parser("worker", help="the stream agents alone (a Faust worker)")
+
+    simulate = sub.add_parser("simulate", help="realistic WMS/ERP traffic into the inbound topics")
+    _add_simulation_options(simulate)
+    simulate.add_argument(
+        "--duration",
+        type=_non_negative_float,
+        default=0.0,
+        help="seconds to run (0: until Ctrl-C)",
+    )
+
+    sub.add_parser("audit", help="check reserved units against the active reservations")
+    return parser
+
+
+# -- the single-purpose commands ----------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ATP_{'_'.join(str(p) for p in err['loc'][:1]).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise CliError(f"invalid configuration: {problems}") from None
+
+
+def _lazy(module: str, attribute: str) -> Any:
+    """Import ``module.attribute`` when the command runs (it may not be installed yet)."""
+    import importlib
+
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            raise CliError(f"{module} is not available in this installation") from None
+        raise
+    try:
+        return getattr(loaded, attribute)
+    except AttributeError:
+        raise CliError(f"{module} has no {attribute}() in this installation") from None
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    serve: Callable[..., None] = _lazy("atp_service.api.server", "serve")
+    serve(_settings(), host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    run_worker: Callable[[Settings], None] = _lazy("stream_agents.app", "run_worker")
+    run_worker(_settings())
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from atp_service.simulate import run_simulation
+
+    settings = _settings()
+    try:
+        run_simulation(
+            settings,
+            rate=args.rate,
+            skus=args.skus,
+            sites=args.sites,
+            duration=args.duration or None,
+            seed=args.seed,
+        )
+    except KafkaError as exc:
+        raise CliError(f"Kafka at {settings.bootstrap_servers}: {exc!r}") from None
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    run_audit: Callable[[Settings], int] = _lazy("atp_service.audit", "run_audit")
+    return int(run_audit(_settings()))
+
+
+# -- atp up ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DevKey:
+    name: str
+    key: str
+    scopes: list[str]
+
+
+def make_dev_keys() -> list[DevKey]:
+    """Fresh random keys, one per role; `dev-` marks them (refused in production)."""
+    return [
+        DevKey(name, f"dev-{secrets.token_hex(16)}", scopes)
+        for name, scopes in DEV_KEY_SCOPES.items()
+    ]
+
+
+def keys_json(keys: Sequence[DevKey]) -> str:
+    return json.dumps([{"name": k.name, "key": k.key, "scopes": k.scopes} for k in keys])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_ports(ports: dict[str, tuple[int, str]]) -> None:
+    """Refuse to start when a port is taken, naming it and the flag that moves it."""
+    seen: dict[int, str] = {}
+    for role, (port, flag) in ports.items():
+        if port == 0:
+            continue
+        if port in seen:
+            raise CliError(f"{role} and {seen[port]} would both listen on port {port}; see {flag}")
+        seen[port] = role
+        if not port_is_free(port):
+            raise CliError(
+                f"port {port} ({role}) is already in use on {LOOPBACK}: stop what holds it "
+                f"(another `atp up`?) or choose another port with {flag}"
+            )
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if `atp up` itself dies, so nothing is orphaned (Linux)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    """A process `atp up` started (`atp worker`, `atp api`, `atp simulate`)."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    stop_timeout: float
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches `atp up` alone; it stops us in order
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            print(f"  {self.name} did not stop within {self.stop_timeout:g}s; killing it")
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "  (no log)"
+    return "\n".join(f"  | {line}" for line in text[-lines:])
+
+
+def _get_status(url: str, timeout: float = 1.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+@dataclass
+class Up:
+    """One `atp up`: start in order, watch, stop in reverse order."""
+
+    args: argparse.Namespace
+    out: Callable[[str], None] = print
+    children: list[Child] = field(default_factory=list)
+    stopping: str | None = None
+
+    def request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stopping is None:
+            self.stopping = signal.Signals(signum).name
+
+    def run(self) -> int:
+        from atp_service.embedded import EmbeddedError, EmbeddedStack, ensure_topics
+
+        args = self.args
+        check_ports(
+            {
+                "Redis": (args.redis_port, "--redis-port"),
+                "Kafka": (args.kafka_port, "--kafka-port"),
+                "API": (args.api_port, "--api-port"),
+                "worker metrics": (args.worker_metrics_port, "--worker-metrics-port"),
+            }
+        )
+        channels_file = args.channels_file
+        if channels_file is None and args.demo:
+            channels_file = DEMO_CHANNELS_FILE
+        if channels_file is not None and not channels_file.is_file():
+            raise CliError(f"channel policies file {channels_file} does not exist")
+
+        workdir: Path = args.workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        for old in workdir.glob("*.log"):
+            old.unlink()
+        stack = EmbeddedStack(args.redis_port, args.kafka_port, workdir)
+        keys = make_dev_keys()
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "ATP_REDIS_URL": stack.redis_url,
+            "ATP_KAFKA_BROKERS": stack.bootstrap,
+            "ATP_API_KEYS": keys_json(keys),
+            "ATP_WORKER_METRICS_PORT": str(args.worker_metrics_port),
+        }
+        if channels_file is not None:
+            env["ATP_CHANNELS_FILE"] = str(channels_file.resolve())
+
+        previous = {
+            sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        code = 0
+        try:
+            code = self._start_and_watch(stack, env, keys, ensure_topics)
+        except EmbeddedError as exc:
+            self.out(f"atp up: {exc} (logs in {workdir})")
+            code = 1
+        finally:
+            # A second Ctrl-C must not cut the orderly stop short.
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
+            self.out(
+                "stopping: "
+                + ", ".join([*(c.name for c in reversed(self.children)), "Kafka", "Redis"])
+            )
+            for child in reversed(self.children):
+                child.stop()
+            stack.kafka.stop()
+            stack.redis.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.out("stopped")
+        return code
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], stop_timeout: float) -> Child:
+        child = Child(name, argv, self.args.workdir.resolve() / f"{name}.log", stop_timeout)
+        child.start(env)
+        self.children.append(child)
+        return child
+
+    def _start_and_watch(
+        self,
+        stack: Any,
+        env: dict[str, str],
+        keys: list[DevKey],
+        ensure_topics: Callable[[str], None],
+    ) -> int:
+        args = self.args
+        atp = [sys.executable, "-m", "atp_service"]
+        self.out(f"starting Redis on {LOOPBACK}:{args.redis_port} ...")
+        stack.redis.start()
+        if self.stopping:
+            return 0
+        self.out(f"starting Kafka-compatible broker (Tansu) on {stack.bootstrap} ...")
+        stack.kafka.start()
+        ensure_topics(stack.bootstrap)
+        if self.stopping:
+            return 0
+        self.out("starting the stream worker and the API ...")
+        self._spawn("worker", [*atp, "worker"], env, stop_timeout=20.0)
+        api = self._spawn(
+            "api", [*atp, "api", "--host", LOOPBACK, "--port", str(args.api_port)], env, 10.0
+        )
+        ready_url = f"http://{LOOPBACK}:{args.api_port}/readyz"
+        deadline = time.monotonic() + args.ready_timeout
+        while _get_status(ready_url) != 200:
+            if self.stopping:
+                return 0
+            if (failed := self._first_dead(stack)) is not None:
+                return failed
+            if time.monotonic() > deadline:
+                self.out(f"atp up: the API was not ready within {args.ready_timeout:g}s")
+                self.out(log_tail(api.log_path))
+                return 1
+            time.sleep(0.2)
+        if args.demo:
+            self._spawn(
+                "simulator",
+                [
+                    *atp, "simulate",
+                    "--rate", str(args.demo_rate),
+                    "--skus", str(args.demo_skus),
+                    "--sites", str(args.demo_sites),
+                    *(["--seed", str(args.demo_seed)] if args.demo_seed is not None else []),
+                ],
+                env,
+                stop_timeout=10.0,
+            )  # fmt: skip
+        self.out(self.banner(stack, keys, env))
+        while not self.stopping:
+            if (failed := self._first_dead(stack)) is not None:
+                return failed
+            time.sleep(0.2)
+        self.out(f"\n{self.stopping} received")
+        return 0
+
+    def _first_dead(self, stack: Any) -> int | None:
+        """1 (after saying who and why) when a process we need has exited, else None."""
+        for child in self.children:
+            code = child.exit_code
+            if code is not None:
+                self.out(
+                    f"atp up: the {child.name} exited with code {code}; its log ({child.log_path}):"
+                )
+                self.out(log_tail(child.log_path))
+                return 1
+        for server in stack.processes:
+            if not server.running:
+                self.out(f"atp up: the {server.name} server exited; its log ({server.log_path}):")
+                self.out(log_tail(server.log_path))
+                return 1
+        return None
+
+    def banner(self, stack: Any, keys: list[DevKey], env: dict[str, str]) -> str:
+        args = self.args
+        api = f"http://{LOOPBACK}:{args.api_port}"
+        width = max(len(k.name) for k in keys)
+        storefront = keys[0].key
+        lines = [
+            "",
+            "ATP service is up" + (" with demo traffic" if args.demo else ""),
+            f"  API            {api}   (/docs, /healthz, /readyz, /metrics)",
+            f"  Redis          {stack.redis_url}",
+            f"  Kafka          {stack.bootstrap}   topics: "
+            + ", ".join([*INBOUND_TOPICS, EVENTS_TOPIC, DLQ_TOPIC]),
+        ]
+        if args.worker_metrics_port:
+            lines.append(f"  worker         http://{LOOPBACK}:{args.worker_metrics_port}/metrics")
+        if "ATP_CHANNELS_FILE" in env:
+            lines.append(f"  channels       {env['ATP_CHANNELS_FILE']}")
+        lines.append(f"  logs           {args.workdir.resolve()}/*.log")
+        lines += ["", "Dev API keys (this run only):"]
+        lines += [f"  {k.name:<{width}}  {k.key}  {' '.join(k.scopes)}" for k in keys]
+        sku = "SKU-00001" if args.demo else "SKU-1"
+        lines += [
+            "",
+            "Try:",
+            f"  curl -s -H 'Authorization: Bearer {storefront}' "
+            f"'{api}/v1/availability/{sku}?channel=web'",
+            "",
+            f"Environment for other `atp` commands against this stack: {self.write_env(env)}",
+            "Ctrl-C stops everything.",
+        ]
+        return "\n".join(lines)
+
+    def write_env(self, env: dict[str, str]) -> Path:
+        path: Path = self.args.workdir.resolve() / "env"
+        names = ("ATP_REDIS_URL", "ATP_KAFKA_BROKERS", "ATP_API_KEYS", "ATP_CHANNELS_FILE")
+        text = "".join(f"export {n}='{env[n]}'\n" for n in names if n in env)
+        path.write_text(text)
+        path.chmod(0o600)
+        return path
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    return Up(args, out=lambda line: print(line, flush=True)).run()
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "up": cmd_up,
+    "api": cmd_api,
+    "worker": cmd_worker,
+    "simulate": cmd_simulate,
+    "audit": cmd_audit,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CliError as exc:
+        print(f"atp {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
