@@ -26,6 +26,7 @@ from atp_service.domain import (
 )
 from atp_service.store import keys as k
 from atp_service.store.keys import KeySpace
+from atp_service.store.reservation_keys import reservation_keys
 
 _EPOCH = date(1970, 1, 1)
 _BUCKET_CODES = {
@@ -220,7 +221,15 @@ class RedisStore:
 
     def _fold_keys(self, event: InventoryDelta | InventorySnapshot) -> list[str]:
         ks = self.keys.item_site(event.sku, event.site)
-        return [ks.position, ks.seen_events, ks.outbox]
+        fold_keys = [ks.position, ks.seen_events, ks.outbox]
+        if (
+            isinstance(event, InventoryDelta)
+            and event.reservation_id is not None
+            and event.bucket is Bucket.ALLOCATED
+        ):
+            # consumption of the reservation (fold.lua, KEYS[4..6])
+            fold_keys += reservation_keys(self.keys, event.reservation_id).as_list()
+        return fold_keys
 
     async def fold_many(
         self, events: Sequence[InventoryDelta | InventorySnapshot], book: PolicyBook

@@ -3,6 +3,8 @@
 -- KEYS[3] outbox stream of the item-site's group.
 -- ARGV[1] event JSON (see RedisStore._encode_event), ARGV[2] channel policies JSON,
 -- ARGV[3] de-duplication window in ms.
+-- An allocated delta with a reservation id ("rid") also gets KEYS[4] the reservation's
+-- hash, KEYS[5] its group's expiry zset, KEYS[6] its group's outbox (consumption).
 -- Returns {status, version, changes emitted, drift JSON or ''}; status is one of
 -- 'folded', 'unchanged', 'duplicate', 'stale'.
 
@@ -12,6 +14,56 @@ local policies = cjson.decode(ARGV[2])
 local window = tonumber(ARGV[3])
 local ms = now_ms()
 local today = math.floor(ms / 86400000)
+
+-- Consumption: the WMS allocated units for an active reservation. Move what the line
+-- still holds (at most the delta) from reserved to allocated, so they are not counted
+-- twice; once every line is allocated the reservation is consumed. A reservation that
+-- ended (or is unknown) leaves the allocation a plain one.
+local function consume_reservation(pos)
+  local res_key = KEYS[4]
+  local flat = redis.call('HGETALL', res_key)
+  if #flat == 0 then return end
+  local rec = {}
+  for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
+  if not (rec.st == 'confirmed' or (rec.st == 'held' and tonumber(rec.ex) > ms)) then return end
+  local lines = cjson.decode(rec.ln)
+  local moved = 0
+  local every_line_allocated = true
+  for _, line in ipairs(lines) do
+    if line.s == ev.sku and line.t == ev.site and moved == 0 then
+      moved = math.max(0, math.min(ev.d, line.r - line.a, pos.rs))
+      line.a = line.a + moved
+    end
+    if line.a < line.r then every_line_allocated = false end
+  end
+  if moved == 0 then return end
+  pos.rs = pos.rs - moved
+  redis.call('HSET', pos_key, 'rs', pos.rs)
+  local ln = cjson.encode(lines)
+  if not every_line_allocated then
+    redis.call('HSET', res_key, 'ln', ln, 'up', ms)
+    return
+  end
+  redis.call('HSET', res_key, 'st', 'consumed', 'ex', '', 'up', ms, 'ln', ln)
+  redis.call('ZREM', KEYS[5], ev.rid)
+  redis.call('PEXPIRE', res_key, window)
+  local event_lines = {}
+  for i, line in ipairs(lines) do
+    event_lines[i] = {sku = line.s, site = line.t, qty = line.q, reserved = line.r,
+      allocated = line.a}
+  end
+  local ref = cjson.null
+  if rec.rf ~= '' then ref = rec.rf end
+  local corr = ev.corr
+  if corr == nil or corr == cjson.null then corr = rec.co end
+  emit(KEYS[6], ev.rid, {
+    schema = 'atp.event.v1', type = 'reservation.consumed',
+    event_id = 'res:' .. ev.rid .. ':consumed', occurred_at = iso8601(ms),
+    correlation_id = corr, reservation_id = ev.rid, status = 'consumed',
+    previous_status = rec.st, channel = rec.ch, order_ref = ref, mode = rec.md,
+    allocation_event_id = ev.id, lines = event_lines,
+  })
+end
 
 if redis.call('ZSCORE', seen_key, ev.id) then
   return {'duplicate', 0, 0, ''}
@@ -45,6 +97,7 @@ if ev.k == 'd' then
     else
       pos[ev.b] = pos[ev.b] + ev.d
       redis.call('HSET', pos_key, ev.b, pos[ev.b])
+      if ev.b == 'al' and ev.rid and ev.d > 0 and KEYS[4] then consume_reservation(pos) end
     end
   end
 else

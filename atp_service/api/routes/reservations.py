@@ -1,0 +1,337 @@
+"""Reservations over HTTP (contract section 4): place, read, confirm, release; the sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+import weakref
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Path
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+
+from atp_service.api.deps import CorrelationIdDep, ReservationsWriter, StateDep
+from atp_service.api.errors import ProblemError
+from atp_service.api.schemas import MAX_QUANTITY, Channel, SiteCode, Sku
+from atp_service.api.state import ApiState
+from atp_service.domain.reservations import (
+    DEFAULT_TTL_SECONDS,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_LINES,
+    MAX_TTL_SECONDS,
+    IdempotencyConflict,
+    InsufficientStock,
+    InvalidTransition,
+    LineRequest,
+    Reservation,
+    ReservationMode,
+    ReservationNotFound,
+    ReservationRequest,
+    iso_from_ms,
+)
+from atp_service.store.reservations import ExpirySweeper, ReservationStore
+
+router = APIRouter(prefix="/v1/reservations", tags=["reservations"])
+
+_STRICT_BODY = ConfigDict(extra="forbid")
+_RESERVATION_ID = re.compile(r"res_[0-9a-f]{32}")
+
+
+# -- bodies ------------------------------------------------------------------------------------
+
+
+class ReservationLineIn(BaseModel):
+    model_config = _STRICT_BODY
+
+    sku: Sku
+    site: SiteCode
+    qty: Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY)]
+
+
+class ReservationIn(BaseModel):
+    model_config = _STRICT_BODY
+
+    channel: Channel
+    order_ref: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=MAX_TTL_SECONDS)] = DEFAULT_TTL_SECONDS
+    mode: Literal["all_or_nothing", "partial"] = "all_or_nothing"
+    lines: Annotated[
+        list[ReservationLineIn],
+        Field(
+            min_length=1,
+            max_length=MAX_LINES,
+            description="One line per item-site; naming an item-site twice is a 422.",
+        ),
+    ]
+
+    def to_request(self) -> ReservationRequest:
+        return ReservationRequest(
+            channel=self.channel,
+            order_ref=self.order_ref,
+            ttl_seconds=self.ttl_seconds,
+            mode=ReservationMode(self.mode),
+            lines=tuple(LineRequest(ln.sku, ln.site, ln.qty) for ln in self.lines),
+        )
+
+
+class ReservationLineOut(BaseModel):
+    sku: str
+    site: str
+    qty: int = Field(description="Units asked.")
+    reserved: int = Field(description="Units held (all_or_nothing: qty; partial: 0..qty).")
+    allocated: int = Field(description="Of the reserved units, how many the WMS allocated.")
+
+
+class ReservationOut(BaseModel):
+    reservation_id: str
+    status: Literal["held", "confirmed", "released", "expired", "consumed"]
+    channel: str
+    order_ref: str | None
+    mode: Literal["all_or_nothing", "partial"]
+    expires_at: str | None = Field(description="When a held reservation expires; else null.")
+    created_at: str
+    updated_at: str
+    lines: list[ReservationLineOut]
+
+
+def reservation_body(reservation: Reservation) -> dict[str, Any]:
+    return {
+        "reservation_id": reservation.reservation_id,
+        "status": reservation.status.value,
+        "channel": reservation.channel,
+        "order_ref": reservation.order_ref,
+        "mode": reservation.mode.value,
+        "expires_at": (
+            iso_from_ms(reservation.expires_ms) if reservation.expires_ms is not None else None
+        ),
+        "created_at": iso_from_ms(reservation.created_ms),
+        "updated_at": iso_from_ms(reservation.updated_ms),
+        "lines": [
+            {
+                "sku": ln.sku,
+                "site": ln.site,
+                "qty": ln.qty,
+                "reserved": ln.reserved,
+                "allocated": ln.allocated,
+            }
+            for ln in reservation.lines
+        ],
+    }
+
+
+# -- the store of this app -----------------------------------------------------------------------
+
+_stores: weakref.WeakKeyDictionary[ApiState, ReservationStore] = weakref.WeakKeyDictionary()
+
+
+def reservation_store(state: ApiState) -> ReservationStore:
+    """The app's ReservationStore, made once per app state (its scripts registered once)."""
+    found = _stores.get(state)
+    if found is None or found.store is not state.store:
+        found = _stores[state] = ReservationStore(
+            state.store, idempotency_ttl_seconds=state.settings.idempotency_ttl_seconds
+        )
+    return found
+
+
+async def get_reservations(state: StateDep) -> ReservationStore:
+    return reservation_store(state)
+
+
+ReservationsDep = Annotated[ReservationStore, Depends(get_reservations)]
+ReservationIdPath = Annotated[str, Path(description="As returned by POST /v1/reservations.")]
+IdempotencyKeyHeader = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_IDEMPOTENCY_KEY_LENGTH,
+        description="Required. Same key and body again: the first answer again; "
+        "same key, other body: 409 idempotency_conflict. Kept at least 24 h per API key.",
+    ),
+]
+
+
+def new_reservation_id() -> str:
+    return f"res_{uuid.uuid4().hex}"
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ReservationOut,
+    responses={
+        409: {"description": "insufficient_stock or idempotency_conflict", **_PROBLEM},
+        422: {"description": "validation_error", **_PROBLEM},
+    },
+)
+async def create_reservation(
+    body: ReservationIn,
+    idempotency_key: IdempotencyKeyHeader,
+    principal: ReservationsWriter,
+    state: StateDep,
+    reservations: ReservationsDep,
+    correlation_id: CorrelationIdDep,
+) -> JSONResponse:
+    request = body.to_request()
+    duplicate = request.duplicate_line_index()
+    if duplicate is not None:
+        line = request.lines[duplicate]
+        field = f"body.lines.{duplicate}"
+        message = f"{line.sku}@{line.site} is named by an earlier line; give one line per item-site"
+        raise ProblemError(
+            422,
+            "validation_error",
+            f"{field}: {message}",
+            title="Request validation failed",
+            extra={"errors": [{"field": field, "message": message}]},
+        )
+    book = await state.ensure_policies()
+    try:
+        placed = await reservations.reserve(
+            request,
+            reservation_id=new_reservation_id(),
+            principal=principal.name,
+            idempotency_key_value=idempotency_key,
+            correlation_id=correlation_id,
+            book=book,
+        )
+    except InsufficientStock as exc:
+        raise ProblemError(
+            409,
+            "insufficient_stock",
+            "not every line can be reserved: "
+            + ", ".join(
+                f"{ln.sku}@{ln.site} asked {ln.qty}, ATP {ln.atp}"
+                for ln in exc.lines
+                if ln.atp < ln.qty
+            ),
+            title="Insufficient stock",
+            extra={
+                "lines": [
+                    {"sku": ln.sku, "site": ln.site, "qty": ln.qty, "atp": ln.atp}
+                    for ln in exc.lines
+                ]
+            },
+        ) from None
+    except IdempotencyConflict as exc:
+        raise ProblemError(
+            409, "idempotency_conflict", str(exc), title="Idempotency conflict"
+        ) from None
+    reservation = placed.reservation
+    headers = {"Location": f"/v1/reservations/{reservation.reservation_id}"}
+    if placed.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(reservation_body(reservation), status_code=201, headers=headers)
+
+
+@router.get("/{reservation_id}", response_model=ReservationOut, responses={404: _PROBLEM})
+async def get_reservation(
+    reservation_id: ReservationIdPath,
+    _: ReservationsWriter,
+    reservations: ReservationsDep,
+) -> JSONResponse:
+    _known_form(reservation_id)
+    try:
+        reservation = await reservations.get(reservation_id)
+    except ReservationNotFound as exc:
+        raise _not_found(exc) from None
+    return JSONResponse(reservation_body(reservation))
+
+
+@router.post(
+    "/{reservation_id}/confirm",
+    response_model=ReservationOut,
+    responses={404: _PROBLEM, 409: {"description": "invalid_transition", **_PROBLEM}},
+)
+async def confirm_reservation(
+    reservation_id: ReservationIdPath,
+    _: ReservationsWriter,
+    state: StateDep,
+    reservations: ReservationsDep,
+    correlation_id: CorrelationIdDep,
+) -> JSONResponse:
+    _known_form(reservation_id)
+    book = await state.ensure_policies()
+    try:
+        reservation = await reservations.confirm(
+            reservation_id, correlation_id=correlation_id, book=book
+        )
+    except ReservationNotFound as exc:
+        raise _not_found(exc) from None
+    except InvalidTransition as exc:
+        raise _invalid(exc) from None
+    return JSONResponse(reservation_body(reservation))
+
+
+@router.post(
+    "/{reservation_id}/release",
+    response_model=ReservationOut,
+    responses={404: _PROBLEM, 409: {"description": "invalid_transition", **_PROBLEM}},
+)
+async def release_reservation(
+    reservation_id: ReservationIdPath,
+    _: ReservationsWriter,
+    state: StateDep,
+    reservations: ReservationsDep,
+    correlation_id: CorrelationIdDep,
+) -> JSONResponse:
+    _known_form(reservation_id)
+    book = await state.ensure_policies()
+    try:
+        reservation = await reservations.release(
+            reservation_id, correlation_id=correlation_id, book=book
+        )
+    except ReservationNotFound as exc:
+        raise _not_found(exc) from None
+    except InvalidTransition as exc:
+        raise _invalid(exc) from None
+    return JSONResponse(reservation_body(reservation))
+
+
+def _known_form(reservation_id: str) -> None:
+    """An id this service could never have issued is unknown without asking Redis."""
+    if _RESERVATION_ID.fullmatch(reservation_id) is None:
+        raise _not_found(ReservationNotFound(reservation_id))
+
+
+def _not_found(exc: ReservationNotFound) -> ProblemError:
+    return ProblemError(
+        404,
+        "not_found",
+        f"no reservation {exc.reservation_id!r} (ended reservations are kept 24 h)",
+        extra={"reservation_id": exc.reservation_id},
+    )
+
+
+def _invalid(exc: InvalidTransition) -> ProblemError:
+    return ProblemError(
+        409,
+        "invalid_transition",
+        str(exc),
+        title="Invalid transition",
+        extra={
+            "reservation_id": exc.reservation.reservation_id,
+            "reservation_status": exc.reservation.status.value,
+        },
+    )
+
+
+# -- background ----------------------------------------------------------------------------------
+
+
+async def run_expiry_sweeper(state: ApiState, stop: asyncio.Event) -> None:
+    """Expire due reservations every ``expiry_sweep_interval_seconds`` (each API process)."""
+    sweeper = ExpirySweeper(
+        reservation_store(state),
+        state.settings.expiry_sweep_interval_seconds,
+        policy_book=state.ensure_policies,
+    )
+    await sweeper.run(stop)
