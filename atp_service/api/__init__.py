@@ -1,0 +1,1 @@
+"""The HTTP API (contract section 4): app factory, routes, auth, problem responses."""

@@ -1,0 +1,72 @@
+"""The FastAPI app factory: the one place the API builds its clients (the bootstrap)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from atp_service.api.errors import install_error_handlers
+from atp_service.api.middleware import RequestContextMiddleware
+from atp_service.api.routes import ROUTERS
+from atp_service.api.routes.reservations import run_expiry_sweeper
+from atp_service.api.state import STORE_ERRORS, ApiState, BackgroundTask
+from atp_service.config import Settings, get_settings
+from atp_service.store import connect
+
+log = logging.getLogger(__name__)
+
+#: Tasks run beside the API for its lifetime, each ``async def task(state, stop)``;
+#: they see the connected ``ApiState`` and must return soon after ``stop`` is set.
+BACKGROUND_TASKS: list[BackgroundTask] = [run_expiry_sweeper]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    redis_client: aioredis.Redis | None = None,
+    relay: bool = True,
+) -> FastAPI:
+    """The API. ``redis_client`` (tests) replaces the one built from ``settings.redis_url``
+    and is left open; ``relay=False`` runs no outbox relay (no Kafka producer)."""
+    settings = settings or get_settings()
+    state = ApiState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = redis_client or connect(
+            settings.redis_url,
+            timeout=settings.redis_timeout_seconds,
+            max_connections=settings.redis_max_connections,
+        )
+        state.open(client)
+        try:
+            await state.refresh_policies()
+            await state.refresh_sites()
+        except STORE_ERRORS as exc:
+            # Serve anyway: requests answer 503 until the store is back, and the
+            # background refresher seeds and loads the policies then.
+            log.warning("store unreachable at startup (%r); serving 503 until it is back", exc)
+        state.start_background(BACKGROUND_TASKS, relay=relay)
+        try:
+            yield
+        finally:
+            await state.stop_background()
+            if redis_client is None:
+                await client.aclose()
+
+    app = FastAPI(
+        title="ATP service",
+        version="1.0.0",
+        summary="Available-to-promise inventory: availability, reservations, policies.",
+        lifespan=lifespan,
+    )
+    app.state.atp = state
+    install_error_handlers(app, retry_after=settings.redis_retry_after_seconds)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(RequestContextMiddleware)
+    return app

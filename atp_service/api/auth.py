@@ -1,0 +1,113 @@
+"""Bearer API keys: known by their SHA-256 digests, compared in constant time, with scopes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.security import HTTPBearer
+
+from atp_service.api.errors import ProblemError
+from atp_service.config import ApiKeySpec, Scope
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who called: the configured name of the key and the scopes it grants."""
+
+    name: str
+    scopes: frozenset[str]
+
+
+class KeyRing:
+    """The configured keys; only their digests are kept."""
+
+    def __init__(self, specs: Sequence[ApiKeySpec]) -> None:
+        self._entries = [
+            (bytes.fromhex(spec.digest), Principal(spec.name, frozenset(spec.scopes)))
+            for spec in specs
+        ]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def principal(self, key: str) -> Principal | None:
+        """The key's principal, or None; every digest is compared, so timing tells nothing."""
+        digest = hashlib.sha256(key.encode()).digest()
+        found: Principal | None = None
+        for known, principal in self._entries:
+            if hmac.compare_digest(digest, known):
+                found = principal
+        return found
+
+
+def _bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = token.strip()
+    return token or None
+
+
+_CHALLENGE = 'Bearer realm="atp"'
+
+
+class ScopedBearer(HTTPBearer):
+    """A dependency that authenticates the caller and demands one scope.
+
+    Subclassing HTTPBearer puts the bearer scheme into the OpenAPI document.
+    """
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(
+            bearerFormat="API key",
+            scheme_name="ApiKey",
+            description="`Authorization: Bearer <api key>`; scopes: "
+            "availability:read, reservations:write, admin.",
+            auto_error=False,
+        )
+        self.scope = scope
+        self._forbidden_challenge = f'{_CHALLENGE}, error="insufficient_scope", scope="{scope}"'
+
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        keyring: KeyRing = request.app.state.atp.keyring
+        token = _bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise ProblemError(
+                401,
+                "unauthorized",
+                "an API key is required: send 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": _CHALLENGE},
+            )
+        principal = keyring.principal(token)
+        if principal is None:
+            raise ProblemError(
+                401,
+                "unauthorized",
+                "the API key is not known",
+                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
+            )
+        if self.scope not in principal.scopes:
+            raise ProblemError(
+                403,
+                "forbidden",
+                f"the API key {principal.name!r} lacks the scope {self.scope!r}",
+                headers={"WWW-Authenticate": self._forbidden_challenge},
+            )
+        return principal
+
+
+_SCOPED: dict[str, ScopedBearer] = {}
+
+
+def require_scope(scope: Scope) -> ScopedBearer:
+    """The dependency demanding ``scope``: ``Depends(require_scope("reservations:write"))``."""
+    bearer = _SCOPED.get(scope)
+    if bearer is None:
+        bearer = _SCOPED[scope] = ScopedBearer(scope)
+    return bearer

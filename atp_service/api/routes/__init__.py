@@ -1,0 +1,9 @@
+"""The API's routers, one module per resource."""
+
+from fastapi import APIRouter
+
+from atp_service.api.routes import admin, availability, ops, reservations
+
+ROUTERS: list[APIRouter] = [availability.router, reservations.router, admin.router, ops.router]
+
+__all__ = ["ROUTERS"]

@@ -1,0 +1,93 @@
+"""Admin: channel policies and per-item-site safety-stock overrides (scope ``admin``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+
+from atp_service.api.deps import Admin, CorrelationIdDep, StateDep
+from atp_service.api.schemas import (
+    CHANNEL_REGEX,
+    PROBLEM_RESPONSES,
+    SITE_REGEX,
+    SKU_REGEX,
+    ChannelPolicies,
+    ChannelPolicyBody,
+    ChannelPolicyOut,
+    SafetyStockBody,
+    SafetyStockOut,
+    policy_body,
+)
+from atp_service.domain import ChannelPolicy, ItemSite
+
+router = APIRouter(tags=["admin"], responses=PROBLEM_RESPONSES)
+
+
+@router.get(
+    "/v1/policies/channels",
+    response_model=ChannelPolicies,
+    summary="Every channel policy in force",
+    description="`channels` holds the channels with a policy of their own; every other "
+    "channel follows `default` (all sites, no safety stock, 100 % share, no in-transit).",
+)
+async def get_channel_policies(state: StateDep, _: Admin) -> dict[str, Any]:
+    await state.ensure_policies()
+    book = await state.store.policy_book()
+    state.install_book(book)
+    return {
+        "version": book.version,
+        "default": policy_body(ChannelPolicy()),
+        "channels": {name: policy_body(p) for name, p in sorted(book.policies.items())},
+    }
+
+
+@router.put(
+    "/v1/policies/channels/{channel}",
+    response_model=ChannelPolicyOut,
+    summary="Replace a channel's policy",
+    description="The body is the whole policy; omitted fields take their defaults. It "
+    "applies at once in this process and within about a second everywhere. Events "
+    "already folded are not re-published: `availability.changed` follows the next "
+    "change of each item-site.",
+)
+async def put_channel_policy(
+    channel: Annotated[str, Path(pattern=CHANNEL_REGEX)],
+    body: ChannelPolicyBody,
+    state: StateDep,
+    _: Admin,
+) -> dict[str, Any]:
+    await state.ensure_policies()
+    policy = body.to_policy()
+    await state.store.put_channel_policy(channel, policy)
+    book = await state.store.policy_book()
+    state.install_book(book)
+    return {"channel": channel, **policy_body(policy), "version": book.version}
+
+
+@router.put(
+    "/v1/safety-stock/{sku:path}/{site}",
+    response_model=SafetyStockOut,
+    summary="Set or clear the safety-stock override of one item-site",
+    description="The override beats every channel's safety stock. Each channel whose "
+    "ATP moves gets an `availability.changed` event carrying this request's "
+    "X-Correlation-ID. The sku may contain '/'.",
+)
+async def put_safety_stock(
+    sku: Annotated[str, Path(pattern=SKU_REGEX)],
+    site: Annotated[str, Path(pattern=SITE_REGEX)],
+    body: SafetyStockBody,
+    state: StateDep,
+    correlation_id: CorrelationIdDep,
+    _: Admin,
+) -> dict[str, Any]:
+    book = await state.ensure_policies()
+    version = await state.store.set_safety_stock(
+        ItemSite(sku, site),
+        body.safety_stock,
+        book,
+        correlation_id=correlation_id,
+        change_id=f"ss-{os.urandom(12).hex()}",
+    )
+    return {"sku": sku, "site": site, "safety_stock": body.safety_stock, "version": version}

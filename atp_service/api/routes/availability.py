@@ -1,0 +1,133 @@
+"""Availability: what a channel may promise for a sku, per site and in total."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import date
+from functools import lru_cache
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Path, Query
+from starlette.responses import Response
+
+from atp_service.api.deps import AvailabilityReader, StateDep
+from atp_service.api.schemas import (
+    CHANNEL_REGEX,
+    PROBLEM_RESPONSES,
+    SITE_REGEX,
+    SKU_REGEX,
+    Availability,
+    AvailabilityBatch,
+    AvailabilityBatchRequest,
+)
+from atp_service.api.state import ApiState
+from atp_service.domain import ItemSite, ItemSitePosition, atp_for_site
+
+router = APIRouter(tags=["availability"], responses=PROBLEM_RESPONSES)
+
+_DAY_MS = 86_400_000
+
+
+@lru_cache(maxsize=4096)
+def rfc3339(ms: int) -> str:
+    """Epoch milliseconds as ``2026-11-23T05:00:00.123Z`` (the outbound events' format)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+@lru_cache(maxsize=4)
+def _date_of_epoch_day(day: int) -> date:
+    return date.fromordinal(719_163 + day)  # 719_163: ordinal of 1970-01-01
+
+
+def utc_today() -> date:
+    """Today in UTC, as the Lua scripts count days, so in-transit horizons agree."""
+    return _date_of_epoch_day(int(time.time() * 1000) // _DAY_MS)
+
+
+def _site_body(site: str, pos: ItemSitePosition, atp: int) -> dict[str, Any]:
+    return {
+        "site": site,
+        "atp": atp,
+        "on_hand": pos.on_hand,
+        "allocated": pos.allocated,
+        "quarantined": pos.quarantined,
+        "reserved": pos.reserved,
+        "in_transit": pos.in_transit,
+        "version": pos.version,
+        "as_of": rfc3339(pos.as_of_ms) if pos.as_of_ms else None,
+    }
+
+
+async def availability(
+    state: ApiState, channel: str, queries: Sequence[tuple[str, str | None]]
+) -> list[dict[str, Any]]:
+    """One answer per (sku, site or None for the channel's sites), from one Redis round trip."""
+    book = state.book if state.policies_loaded else await state.ensure_policies()
+    policy = book.policy(channel)
+    channel_sites = policy.sites if policy.sites is not None else state.sites
+    plan: list[tuple[str, Sequence[str]]] = []
+    wanted: list[ItemSite] = []
+    for sku, site in queries:
+        sites: Sequence[str] = channel_sites if site is None else (site,)
+        plan.append((sku, sites))
+        wanted.extend([ItemSite(sku, s) for s in sites])
+    positions = await state.store.read_positions(wanted) if wanted else []
+    today = utc_today()
+    answers: list[dict[str, Any]] = []
+    i = 0
+    for sku, sites in plan:
+        total = 0
+        latest = 0
+        bodies = []
+        for site in sites:
+            pos = positions[i]
+            i += 1
+            atp = atp_for_site(pos, policy, today) if policy.sells_from(site) else 0
+            total += atp
+            latest = max(latest, pos.as_of_ms)
+            bodies.append(_site_body(site, pos, atp))
+        answers.append(
+            {
+                "sku": sku,
+                "channel": channel,
+                "atp": total,
+                "sites": bodies,
+                "as_of": rfc3339(latest) if latest else None,
+            }
+        )
+    return answers
+
+
+@router.get(
+    "/v1/availability/{sku:path}",
+    response_model=Availability,
+    summary="ATP of one sku for a channel",
+    description="Without `site`, `sites` lists the channel policy's sites (every known site "
+    "when the policy names none). With `site`, that site alone; its ATP is 0 when the "
+    "channel may not sell from it. A sku never seen is ATP 0, not 404. The sku may "
+    "contain '/'.",
+)
+async def get_availability(
+    sku: Annotated[str, Path(pattern=SKU_REGEX)],
+    channel: Annotated[str, Query(pattern=CHANNEL_REGEX)],
+    state: StateDep,
+    _: AvailabilityReader,
+    site: Annotated[str | None, Query(pattern=SITE_REGEX)] = None,
+) -> Response:
+    (answer,) = await availability(state, channel, ((sku, site),))
+    return Response(orjson.dumps(answer), media_type="application/json")
+
+
+@router.post(
+    "/v1/availability/batch",
+    response_model=AvailabilityBatch,
+    summary="ATP of up to 1000 skus for a channel, one answer per item, in order",
+)
+async def post_availability_batch(
+    body: AvailabilityBatchRequest, state: StateDep, _: AvailabilityReader
+) -> Response:
+    queries = [(item["sku"], item.get("site")) for item in body.items]
+    answers = await availability(state, body.channel, queries)
+    return Response(orjson.dumps({"items": answers}), media_type="application/json")

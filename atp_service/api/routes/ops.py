@@ -1,0 +1,47 @@
+"""Operations: liveness, readiness, Prometheus metrics (no authentication)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from atp_service.api.deps import StateDep
+from atp_service.api.errors import store_unavailable
+from atp_service.api.state import STORE_ERRORS
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Redis answers a PING in time (503 otherwise)",
+    description="`kafka` is informative: the API serves while Kafka is down, and the "
+    "outbox keeps the events until it is back.",
+    responses={503: {"description": "The store is unreachable"}},
+)
+async def readyz(state: StateDep) -> Any:
+    try:
+        async with asyncio.timeout(state.settings.redis_timeout_seconds * 2):
+            await state.store.ping()
+            await state.ensure_policies()
+    except STORE_ERRORS:
+        return store_unavailable(state.settings.redis_retry_after_seconds)
+    return {
+        "status": "ready",
+        "store": "ok",
+        "kafka": "connected" if state.kafka_connected else "unavailable",
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def prometheus_metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,170 @@
+"""Request and response bodies of the HTTP API (contract section 4)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, NotRequired
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from typing_extensions import TypedDict
+
+from atp_service.domain import ChannelPolicy
+from atp_service.domain.model import CHANNEL_PATTERN, MAX_ABS_DELTA, SITE_PATTERN, SKU_PATTERN
+
+# Anchored for pydantic, which searches rather than matches (its engine's `$` is end of text).
+SKU_REGEX = f"^(?:{SKU_PATTERN})$"
+SITE_REGEX = f"^(?:{SITE_PATTERN})$"
+CHANNEL_REGEX = f"^(?:{CHANNEL_PATTERN})$"
+
+Sku = Annotated[str, StringConstraints(pattern=SKU_REGEX)]
+SiteCode = Annotated[str, StringConstraints(pattern=SITE_REGEX)]
+Channel = Annotated[str, StringConstraints(pattern=CHANNEL_REGEX)]
+
+MAX_BATCH_ITEMS = 1000
+MAX_QUANTITY = MAX_ABS_DELTA
+#: A horizon beyond a century is a typo; refusing it keeps date arithmetic in range.
+MAX_HORIZON_DAYS = 36_500
+
+_STRICT_BODY = ConfigDict(extra="forbid")
+
+
+# -- availability ----------------------------------------------------------------------------
+
+
+class SiteAvailability(BaseModel):
+    site: str
+    atp: int = Field(description="What the channel may promise from this site.")
+    on_hand: int
+    allocated: int
+    quarantined: int
+    reserved: int
+    in_transit: int = Field(description="All inbound units, whatever their ETA.")
+    version: int = Field(description="Increases with every change to the item-site.")
+    as_of: str | None = Field(
+        description="RFC 3339 time of the item-site's last change; null if never seen."
+    )
+
+
+class Availability(BaseModel):
+    sku: str
+    channel: str
+    atp: int = Field(description="Sum of the sites' ATP.")
+    sites: list[SiteAvailability]
+    as_of: str | None = Field(
+        description="The latest as_of among the sites: the answer reflects every change "
+        "up to this time. Null when no site has ever seen the sku."
+    )
+
+
+class BatchItem(TypedDict):
+    __pydantic_config__ = _STRICT_BODY  # type: ignore[misc]
+
+    sku: Sku
+    site: NotRequired[SiteCode | None]
+
+
+class AvailabilityBatchRequest(BaseModel):
+    model_config = _STRICT_BODY
+
+    channel: Channel
+    items: Annotated[list[BatchItem], Field(min_length=1, max_length=MAX_BATCH_ITEMS)]
+
+
+class AvailabilityBatch(BaseModel):
+    items: list[Availability]
+
+
+# -- admin -------------------------------------------------------------------------------------
+
+
+class ChannelPolicyBody(BaseModel):
+    """A channel's whole policy; a PUT replaces it, and omitted fields take their defaults."""
+
+    model_config = _STRICT_BODY
+
+    sites: list[SiteCode] | None = Field(
+        default=None, description="Sites the channel may sell from; null: every site."
+    )
+    safety_stock: Annotated[StrictInt, Field(ge=0, le=MAX_QUANTITY)] = 0
+    share: Annotated[StrictInt, Field(ge=0, le=100)] = 100
+    include_in_transit: StrictBool = False
+    in_transit_horizon_days: Annotated[StrictInt, Field(ge=0, le=MAX_HORIZON_DAYS)] = 0
+
+    def to_policy(self) -> ChannelPolicy:
+        return ChannelPolicy(
+            sites=tuple(dict.fromkeys(self.sites)) if self.sites is not None else None,
+            safety_stock=self.safety_stock,
+            share=self.share,
+            include_in_transit=self.include_in_transit,
+            in_transit_horizon_days=self.in_transit_horizon_days,
+        )
+
+
+def policy_body(policy: ChannelPolicy) -> dict[str, Any]:
+    return {
+        "sites": list(policy.sites) if policy.sites is not None else None,
+        "safety_stock": policy.safety_stock,
+        "share": policy.share,
+        "include_in_transit": policy.include_in_transit,
+        "in_transit_horizon_days": policy.in_transit_horizon_days,
+    }
+
+
+class ChannelPolicyOut(ChannelPolicyBody):
+    model_config = ConfigDict(extra="ignore")
+
+    channel: str
+    version: int = Field(description="Version of the whole policy set after this change.")
+
+
+class ChannelPolicies(BaseModel):
+    version: int = Field(description="Increases with every policy change.")
+    default: ChannelPolicyBody = Field(
+        description="The policy of every channel not listed in `channels`."
+    )
+    channels: dict[str, ChannelPolicyBody]
+
+
+class SafetyStockBody(BaseModel):
+    model_config = _STRICT_BODY
+
+    safety_stock: Annotated[StrictInt, Field(ge=0, le=MAX_QUANTITY)] | None = Field(
+        description="Units held back at this item-site for every channel; null clears "
+        "the override (each channel's own safety stock applies again)."
+    )
+
+
+class SafetyStockOut(BaseModel):
+    sku: str
+    site: str
+    safety_stock: int | None
+    version: int = Field(description="The item-site's version after the change.")
+
+
+# -- problems ----------------------------------------------------------------------------------
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Where: `path.sku`, `query.channel`, `body.items.3.site`...")
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, plus a stable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[FieldError] | None = Field(default=None, description="422 only.")
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
+    for status, text in (
+        (401, "Missing or unknown API key"),
+        (403, "The key lacks the scope"),
+        (422, "Invalid request; `errors` names each field"),
+        (503, "The store is unreachable; see Retry-After"),
+    )
+}

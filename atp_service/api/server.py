@@ -1,0 +1,55 @@
+"""`atp api`: the HTTP service under uvicorn (uvloop, httptools)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from fastapi import FastAPI
+
+from atp_service.api.app import create_app
+from atp_service.config import Settings, get_settings
+
+NO_KEYS_MESSAGE = (
+    "atp api: refusing to start without API keys. Set ATP_API_KEYS to a JSON list, e.g.\n"
+    '  ATP_API_KEYS=\'[{"name": "storefront", "key_sha256": "<sha256 hex of the key>", '
+    '"scopes": ["availability:read"]}]\'\n'
+    "Scopes: availability:read, reservations:write, admin."
+)
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process when ``workers > 1`` (settings from the environment)."""
+    return create_app(get_settings())
+
+
+def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
+    """Serve until SIGINT/SIGTERM. Exits non-zero, with a message, when no API key is set.
+
+    With ``workers > 1`` each worker process reads its settings from the environment
+    (the same ``ATP_*`` variables ``settings`` came from).
+    """
+    if not settings.api_keys:
+        print(NO_KEYS_MESSAGE, file=sys.stderr)
+        raise SystemExit(2)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app: FastAPI | str = (
+        "atp_service.api.server:app_from_environment" if workers > 1 else create_app(settings)
+    )
+    uvicorn.run(
+        app,
+        factory=workers > 1,
+        workers=workers if workers > 1 else None,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        backlog=2048,
+        timeout_graceful_shutdown=10,
+    )

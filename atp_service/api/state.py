@@ -1,0 +1,220 @@
+"""What the API process holds between requests: clients, the policy book, the known sites.
+
+One ``ApiState`` per app, on ``app.state.atp``. The lifespan (``app.py``) connects it,
+then runs its background tasks: the policy/site refresher and the outbox relay. Other
+route modules may start their own with ``start_task`` (see ``app.BACKGROUND_TASKS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from atp_service.api.auth import KeyRing
+from atp_service.config import EVENTS_TOPIC, Settings
+from atp_service.domain import ChannelPolicy
+from atp_service.events import KafkaPublisher, OutboxRelay, relay_consumer_name
+from atp_service.store import KeySpace, PolicyBook, RedisStore, StoreUnavailable
+from atp_service.store.redis_store import UNAVAILABLE_ERRORS
+
+log = logging.getLogger(__name__)
+
+#: Errors that mean the store is (for now) out of reach.
+STORE_ERRORS: tuple[type[BaseException], ...] = (StoreUnavailable, RedisError, *UNAVAILABLE_ERRORS)
+
+POLICY_POLL_SECONDS = 0.5
+SITES_POLL_SECONDS = 1.0
+_KAFKA_RETRY_MAX_SECONDS = 5.0
+
+#: A background task: runs until ``stop`` is set (or it is cancelled).
+BackgroundTask = Callable[["ApiState", asyncio.Event], Awaitable[None]]
+
+
+class ApiState:
+    """The services every route reaches through ``deps``; built by ``create_app``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keyring = KeyRing(settings.api_keys)
+        self.keys = KeySpace(settings.key_groups)
+        self.seed_policies: dict[str, ChannelPolicy] = settings.load_channel_policies()
+        self._redis: aioredis.Redis | None = None
+        self._store: RedisStore | None = None
+        #: The channel policies in force, refreshed in the background; replaced, never mutated.
+        self.book = PolicyBook.of({})
+        self.policies_loaded = False
+        #: Every site ever folded (sorted), for channels whose policy names none.
+        self.sites: tuple[str, ...] = ()
+        self.kafka_connected = False
+        self.stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- clients -------------------------------------------------------------------------
+
+    def open(self, client: aioredis.Redis) -> None:
+        """Use ``client`` from now on (the lifespan's start)."""
+        self.stop = asyncio.Event()
+        self.policies_loaded = False
+        self._redis = client
+        self._store = RedisStore(
+            client, self.keys, dedup_window_seconds=self.settings.dedup_window_seconds
+        )
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise RuntimeError("the app's lifespan has not started")
+        return self._redis
+
+    @property
+    def store(self) -> RedisStore:
+        if self._store is None:
+            raise RuntimeError("the app's lifespan has not started")
+        return self._store
+
+    # -- policies and sites --------------------------------------------------------------
+
+    async def ensure_policies(self) -> PolicyBook:
+        """The book, loading it first if no refresh has succeeded yet (raises if Redis is out)."""
+        if not self.policies_loaded:
+            await self.refresh_policies()
+        return self.book
+
+    async def refresh_policies(self) -> None:
+        """Reload the book when its version moved; re-seed when the dataset was reset."""
+        store = self.store
+        remote = await store.policies_version()
+        if not self.policies_loaded or remote < self.book.version:
+            # First load, or Redis came back empty (restarted without persistence).
+            await store.seed_channel_policies(self.seed_policies)
+            self.install_book(await store.policy_book(), force=True)
+        elif remote != self.book.version:
+            self.install_book(await store.policy_book())
+
+    def install_book(self, book: PolicyBook, *, force: bool = False) -> None:
+        """Use ``book`` from now on, unless it is older than the one in use."""
+        if force or book.version >= self.book.version:
+            self.book = book
+            self.policies_loaded = True
+
+    async def refresh_sites(self) -> None:
+        self.sites = tuple(await self.store.known_sites())
+
+    async def _refresh_forever(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_sites = 0.0
+        failing = False
+        while not stop.is_set():
+            try:
+                await self.refresh_policies()
+                if loop.time() >= next_sites:
+                    await self.refresh_sites()
+                    next_sites = loop.time() + SITES_POLL_SECONDS
+                if failing:
+                    log.info("policy refresh: store reachable again")
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except STORE_ERRORS as exc:
+                if not failing:
+                    log.warning("policy refresh: store unreachable (%r); retrying", exc)
+                failing = True
+            except Exception:
+                log.exception("policy refresh failed; retrying")
+            await wait_or_stop(stop, POLICY_POLL_SECONDS)
+
+    # -- outbox relay ----------------------------------------------------------------------
+
+    async def _relay_forever(self, stop: asyncio.Event) -> None:
+        """Start a Kafka producer (retrying while Kafka is down), then relay the outbox."""
+        from aiokafka import AIOKafkaProducer
+
+        backoff = 0.2
+        while not stop.is_set():
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.bootstrap_servers,
+                acks="all",
+                linger_ms=2,
+                request_timeout_ms=10_000,
+            )
+            try:
+                await producer.start()
+            except asyncio.CancelledError:
+                await _stop_quietly(producer)
+                raise
+            except Exception as exc:
+                await _stop_quietly(producer)
+                log.warning("outbox relay: Kafka unreachable (%r); retrying in %.1fs", exc, backoff)
+                await wait_or_stop(stop, backoff)
+                backoff = min(backoff * 2, _KAFKA_RETRY_MAX_SECONDS)
+                continue
+            self.kafka_connected = True
+            backoff = 0.2
+            try:
+                relay = OutboxRelay(
+                    self.store,
+                    KafkaPublisher(producer),
+                    topic=EVENTS_TOPIC,
+                    consumer=relay_consumer_name("api"),
+                    batch=self.settings.relay_batch,
+                    claim_idle_ms=self.settings.relay_claim_idle_ms,
+                )
+                await relay.run(stop)
+            finally:
+                self.kafka_connected = False
+                await _stop_quietly(producer)
+
+    # -- background tasks ------------------------------------------------------------------
+
+    def start_task(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` until shutdown; a crash is logged (the API keeps serving)."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(_log_crash)
+        self._tasks.append(task)
+
+    def start_background(self, tasks: list[BackgroundTask], *, relay: bool) -> None:
+        self.start_task("atp-policy-refresh", self._refresh_forever(self.stop))
+        if relay:
+            self.start_task("atp-outbox-relay", self._relay_forever(self.stop))
+        for run in tasks:
+            self.start_task(
+                getattr(run, "__name__", "atp-task"), _as_coroutine(run(self, self.stop))
+            )
+
+    async def stop_background(self, grace: float = 5.0) -> None:
+        self.stop.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds`` unless ``stop`` is set first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def _as_coroutine(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+async def _stop_quietly(producer: Any) -> None:
+    with contextlib.suppress(Exception):
+        await producer.stop()
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s crashed", task.get_name(), exc_info=task.exception())

@@ -1,0 +1,67 @@
+"""Operations: liveness, readiness, metrics; and `atp api` refusing to run without keys."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from atp_service.api.server import serve
+from atp_service.config import Settings
+from tests.unit.api_harness import READER, Api, make_settings, running_api
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Api]:
+    async with running_api(make_settings()) as api:
+        yield api
+
+
+async def test_healthz_says_the_process_is_alive(api: Api) -> None:
+    response = await api.client.get("/healthz")
+
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+async def test_readyz_is_200_while_the_store_answers(api: Api) -> None:
+    response = await api.client.get("/readyz")
+
+    assert response.status_code == 200
+    assert response.json()["store"] == "ok"
+    assert response.json()["kafka"] == "unavailable"  # this app runs no relay
+
+
+async def test_readyz_is_503_when_the_store_is_unreachable(api: Api) -> None:
+    api.server.connected = False
+
+    response = await api.client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "store_unavailable"
+    assert "retry-after" in response.headers
+
+
+async def test_metrics_time_requests_by_route_template_and_status(api: Api) -> None:
+    await api.client.get("/v1/availability/SKU-A/1?channel=web", headers=READER)
+    await api.client.get("/v1/availability/SKU-B?channel=BAD", headers=READER)
+    await api.client.get("/no/such/route")
+
+    text = (await api.client.get("/metrics")).text
+
+    assert (
+        'atp_http_request_duration_seconds_count{method="GET",'
+        'route="/v1/availability/{sku:path}",status="200"}' in text
+    )
+    assert 'route="/v1/availability/{sku:path}",status="422"' in text
+    assert 'route="unmatched",status="404"' in text
+    assert "SKU-A" not in text
+
+
+def test_the_api_refuses_to_start_without_api_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(_env_file=None, api_keys=[])  # type: ignore[call-arg]
+
+    with pytest.raises(SystemExit) as exited:
+        serve(settings, "127.0.0.1", 0)
+
+    assert exited.value.code not in (0, None)
+    assert "ATP_API_KEYS" in capsys.readouterr().err
