@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     """Events folded per Redis pipeline round trip."""
     worker_metrics_port: int = Field(default=9102, ge=0, le=65535)
     """Port of the worker's /metrics (0 turns it off)."""
+    worker_metrics_host: str = "127.0.0.1"
+    """Address the worker's /metrics listens on."""
 
     # -- outbox relay --------------------------------------------------------------------
     relay_batch: int = Field(default=500, ge=1)

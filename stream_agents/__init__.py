@@ -1,0 +1,1 @@
+"""The stream worker: Faust agents folding WMS/ERP inventory events into the Redis store."""

@@ -1,0 +1,266 @@
+"""A batch of inbound messages: decode, fold the good ones in one round trip, dead-letter the rest.
+
+Knows nothing of Faust: the agents hand it plain ``InboundMessage`` values and only ack
+the batch once ``handle`` returns. ``handle`` returns only when every message is either
+folded into Redis or acknowledged by the broker on the dead-letter topic; while Redis or
+Kafka is down it retries with backoff (the fold is idempotent by ``event_id``, so
+repeating a half-done pipeline is harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+from redis.exceptions import RedisError, ResponseError
+
+from atp_service import metrics
+from atp_service.domain import Bucket, ChannelPolicy, Source
+from atp_service.store import FoldOutcome, PolicyBook, RedisStore
+from stream_agents.records import DecodeError, ErrorCode, InboundEvent, dead_letter_record, decode
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Redis answers that mean "not now" rather than "this event is bad".
+_TRANSIENT_REPLIES = (
+    "LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One consumed Kafka record, as raw as it came."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    message: InboundMessage
+    code: ErrorCode
+    detail: str
+
+
+class DeadLetterSink(Protocol):
+    async def send(self, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        """Send (key, value) records to the dead-letter topic; return once all are acked."""
+
+
+class BatchAbandoned(Exception):
+    """The worker is stopping while the store or broker is down: the batch is not done and
+    must not be acknowledged (it is consumed again after a restart)."""
+
+
+def redis_is_down(exc: BaseException) -> bool:
+    if isinstance(exc, ResponseError):
+        return str(exc).startswith(_TRANSIENT_REPLIES)
+    return isinstance(exc, RedisError | OSError)
+
+
+def _any_error(exc: BaseException) -> bool:
+    return isinstance(exc, Exception)
+
+
+class BatchFolder:
+    """Folds batches of inbound messages into the store; one per worker process."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        dead_letters: DeadLetterSink,
+        *,
+        authority: Mapping[Bucket, Source],
+        initial_policies: Mapping[str, ChannelPolicy] | None = None,
+        policy_refresh_seconds: float = 0.5,
+        max_backoff_seconds: float = 2.0,
+        should_give_up: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.store = store
+        self.dead_letters = dead_letters
+        self.authority = dict(authority)
+        self.book = PolicyBook.of({})
+        self._initial_policies = dict(initial_policies or {})
+        self._refresh_every = policy_refresh_seconds
+        self._next_refresh = 0.0
+        self._max_backoff = max_backoff_seconds
+        self._should_give_up = should_give_up
+        self._known_sites: set[str] = set()
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Seed the configured channel policies, load the policy book; retries until Redis is up."""
+        async with self._start_lock:
+            if self._started:
+                return
+
+            async def seed() -> None:
+                await self.store.seed_channel_policies(self._initial_policies)
+                self.book = await self.store.policy_book()
+
+            await self._retry("seed policies", seed, redis_is_down, "redis")
+            self._next_refresh = time.monotonic() + self._refresh_every
+            self._started = True
+
+    async def handle(self, messages: Sequence[InboundMessage]) -> None:
+        """Fold or dead-letter every message; returns only when all are done (see module doc)."""
+        if not self._started:
+            await self.start()
+        good: list[tuple[InboundMessage, InboundEvent]] = []
+        rejected: list[Rejected] = []
+        for message in messages:
+            try:
+                event = decode(message.key, message.value, message.topic, self.authority)
+            except DecodeError as exc:
+                rejected.append(Rejected(message, exc.code, exc.detail))
+            except Exception as exc:  # a decoding bug must not stop the stream either
+                log.exception("decoding %s@%d", message.topic, message.offset)
+                rejected.append(Rejected(message, "internal_error", repr(exc)))
+            else:
+                good.append((message, event))
+        if good:
+            rejected.extend(await self._fold(good))
+        if rejected:
+            await self._dead_letter(rejected)
+
+    # -- folding -----------------------------------------------------------------------------
+
+    async def _fold(self, good: Sequence[tuple[InboundMessage, InboundEvent]]) -> list[Rejected]:
+        events = [event for _, event in good]
+
+        async def fold_all() -> list[FoldOutcome]:
+            await self._refresh_policies()
+            await self._register_sites(events)
+            return await self.store.fold_many(events, self.book)
+
+        try:
+            outcomes: list[FoldOutcome | None] = list(
+                await self._retry("fold", fold_all, redis_is_down, "redis")
+            )
+            failed: list[Rejected] = []
+        except ResponseError:
+            # One script refused its event: fold one at a time to find it. The others are
+            # folded once (those already done by the pipeline report 'duplicate').
+            outcomes, failed = await self._fold_one_by_one(good)
+        for (message, event), outcome in zip(good, outcomes, strict=True):
+            if outcome is not None:
+                _count_outcome(message.topic, event, outcome)
+        return failed
+
+    async def _fold_one_by_one(
+        self, good: Sequence[tuple[InboundMessage, InboundEvent]]
+    ) -> tuple[list[FoldOutcome | None], list[Rejected]]:
+        outcomes: list[FoldOutcome | None] = []
+        failed: list[Rejected] = []
+        for message, event in good:
+
+            async def fold_one(event: InboundEvent = event) -> FoldOutcome:
+                return await self.store.fold(event, self.book)
+
+            try:
+                outcomes.append(await self._retry("fold", fold_one, redis_is_down, "redis"))
+            except ResponseError as exc:
+                log.error("fold refused %s: %s", event.event_id, exc)
+                outcomes.append(None)
+                failed.append(Rejected(message, "fold_failed", str(exc)))
+        return outcomes, failed
+
+    async def _refresh_policies(self) -> None:
+        now = time.monotonic()
+        if now < self._next_refresh:
+            return
+        if await self.store.policies_version() != self.book.version:
+            self.book = await self.store.policy_book()
+            log.info("channel policies now at version %d", self.book.version)
+        self._next_refresh = now + self._refresh_every
+
+    async def _register_sites(self, events: Sequence[InboundEvent]) -> None:
+        new = {event.site for event in events} - self._known_sites
+        if new:
+            await self.store.register_sites(sorted(new))
+            self._known_sites |= new
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    async def _dead_letter(self, rejected: Sequence[Rejected]) -> None:
+        now = datetime.now(UTC)
+        records = [
+            (
+                r.message.key,
+                dead_letter_record(
+                    key=r.message.key,
+                    value=r.message.value,
+                    topic=r.message.topic,
+                    partition=r.message.partition,
+                    offset=r.message.offset,
+                    code=r.code,
+                    detail=r.detail,
+                    dead_lettered_at=now,
+                ),
+            )
+            for r in rejected
+        ]
+
+        async def send() -> None:
+            await self.dead_letters.send(records)
+
+        await self._retry("dead-letter", send, _any_error, "kafka")
+        for r in rejected:
+            metrics.EVENTS_DEAD_LETTERED.labels(r.code).inc()
+            log.info(
+                "dead-lettered %s[%d]@%d: %s %s",
+                r.message.topic, r.message.partition, r.message.offset, r.code, r.detail,
+            )  # fmt: skip
+
+    # -- retrying ----------------------------------------------------------------------------
+
+    async def _retry(
+        self,
+        what: str,
+        operation: Callable[[], Awaitable[T]],
+        transient: Callable[[BaseException], bool],
+        system: str,
+    ) -> T:
+        delay = 0.05
+        while True:
+            try:
+                return await operation()
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                errors = metrics.REDIS_ERRORS if system == "redis" else metrics.KAFKA_ERRORS
+                errors.labels("worker").inc()
+                if self._should_give_up():
+                    raise BatchAbandoned(f"{what}: {exc!r} while stopping") from exc
+                log.warning("%s failed (%s: %s); retrying in %.2fs", what, system, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_backoff)
+
+
+def _count_outcome(topic: str, event: InboundEvent, outcome: FoldOutcome) -> None:
+    metrics.EVENTS_FOLDED.labels(topic, event.source.value, outcome.status).inc()
+    if outcome.drift:
+        for bucket, values in outcome.drift.get("buckets", {}).items():
+            metrics.DRIFT_EVENTS.labels(bucket).inc()
+            folded, snapshot = values.get("folded", 0), values.get("snapshot", 0)
+            metrics.DRIFT_UNITS.labels(bucket).inc(abs(int(snapshot) - int(folded)))
+
+
+__all__ = [
+    "BatchAbandoned",
+    "BatchFolder",
+    "DeadLetterSink",
+    "InboundMessage",
+    "Rejected",
+]

@@ -1,0 +1,151 @@
+"""The Faust app of the stream worker, built from Settings; `run_worker` is `atp worker`.
+
+One process holds: the fold agents (one per inbound topic), the outbox relay that moves
+what the folds wrote to ``atp.events.v1``, and (optionally) a Prometheus /metrics server.
+Redis and Kafka clients are built here and nowhere else in the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import faust
+from mode.types.signals import BaseSignalT
+from prometheus_client import start_http_server
+
+from atp_service import metrics
+from atp_service.config import DLQ_TOPIC, EVENTS_TOPIC, Settings, get_settings
+from atp_service.events import OutboxRelay, relay_consumer_name
+from atp_service.store import KeySpace, RedisStore, connect
+from stream_agents._folding import BatchAbandoned, BatchFolder
+from stream_agents._kafka import DeadLetterTopic, LazyProducer
+from stream_agents.agents import register_agents
+
+log = logging.getLogger(__name__)
+
+BACKLOG_EVERY_SECONDS = 5.0
+SHUTDOWN_GRACE_SECONDS = 5.0
+# Kafka's old default; also how long a killed worker's partitions wait for a new owner.
+# (Tansu answers a join only after half the session or rebalance timeout: 5 s, not 30.)
+SESSION_TIMEOUT_SECONDS = 10.0
+REBALANCE_TIMEOUT_SECONDS = 10.0
+
+
+class WorkerRuntime:
+    """The clients and long-running helpers of one worker process."""
+
+    def __init__(self, settings: Settings, app: faust.App) -> None:
+        self.redis = connect(
+            settings.redis_url,
+            timeout=settings.redis_timeout_seconds,
+            max_connections=settings.redis_max_connections,
+        )
+        self.store = RedisStore(
+            self.redis,
+            KeySpace(settings.key_groups),
+            dedup_window_seconds=settings.dedup_window_seconds,
+        )
+        self.producer = LazyProducer(
+            settings.bootstrap_servers, client_id=f"{settings.worker_app_id}-out"
+        )
+        self.folder = BatchFolder(
+            self.store,
+            DeadLetterTopic(self.producer, DLQ_TOPIC),
+            authority=settings.authority,
+            initial_policies=settings.load_channel_policies(),
+            should_give_up=lambda: bool(app.should_stop),
+        )
+        self.relay = OutboxRelay(
+            self.store,
+            self.producer,
+            topic=EVENTS_TOPIC,
+            consumer=relay_consumer_name("worker"),
+            batch=settings.relay_batch,
+            claim_idle_ms=settings.relay_claim_idle_ms,
+        )
+        self._stop: asyncio.Event | None = None
+        self._relay_done: asyncio.Event | None = None
+
+    async def run_relay(self) -> None:
+        """Seed policies, then relay the outbox until shutdown (survives Redis/Kafka outages)."""
+        self._stop = asyncio.Event()
+        self._relay_done = asyncio.Event()
+        try:
+            await self.folder.start()
+            await self.relay.run(self._stop)
+        except BatchAbandoned:
+            pass  # stopping before Redis came back
+        finally:
+            self._relay_done.set()
+
+    async def report_backlog(self) -> None:
+        try:
+            metrics.OUTBOX_BACKLOG.set(await self.store.outbox_backlog())
+        except Exception as exc:
+            log.debug("outbox backlog unavailable: %s", exc)
+
+    async def close(self) -> None:
+        """After the agents stopped: let the relay finish its round, then close the clients."""
+        if self._stop is not None and self._relay_done is not None:
+            self._stop.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._relay_done.wait(), SHUTDOWN_GRACE_SECONDS)
+        with contextlib.suppress(Exception):
+            await self.producer.stop()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+
+def create_app(settings: Settings | None = None) -> faust.App:
+    """The worker's Faust app: agents, relay and timers wired to clients built from settings."""
+    settings = settings or get_settings()
+    datadir = Path(tempfile.gettempdir()) / "atp-worker" / settings.worker_app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust makes the last level itself
+    app = faust.App(
+        settings.worker_app_id,  # also the Kafka consumer group
+        broker=[f"kafka://{server}" for server in settings.kafka_brokers],
+        store="memory://",
+        processing_guarantee="at_least_once",
+        web_enabled=False,
+        # The inbound, dead-letter and events topics are owned outside the worker, and
+        # the worker keeps no tables: it creates no topic (Tansu and managed Kafka
+        # clusters alike may refuse to), not even Faust's leader topic.
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=SESSION_TIMEOUT_SECONDS,
+        broker_rebalance_timeout=REBALANCE_TIMEOUT_SECONDS,
+        key_serializer="raw",
+        value_serializer="raw",
+        datadir=str(datadir),
+    )
+    runtime = WorkerRuntime(settings, app)
+    register_agents(app, runtime.folder, batch=settings.worker_fold_batch)
+    app.task(runtime.run_relay)
+    app.timer(BACKLOG_EVERY_SECONDS)(runtime.report_backlog)
+
+    async def close_runtime(
+        sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
+    ) -> None:
+        await runtime.close()
+
+    app.on_before_shutdown.connect(close_runtime)
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the stream worker until SIGINT/SIGTERM (blocking)."""
+    app = create_app(settings)
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+    worker = faust.Worker(app, loglevel="INFO")
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise
