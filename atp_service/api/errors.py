@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -156,6 +157,25 @@ def internal_error() -> Response:
     )
 
 
+class _OutageLog:
+    """Logs store failures at most once a second: an outage fails every request."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.last = -interval
+        self.suppressed = 0
+
+    def failed(self, request: Request, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        more = f" (and {self.suppressed} more since)" if self.suppressed else ""
+        log.warning("store unavailable on %s %s: %r%s", request.method, request.url.path, exc, more)
+        self.last = now
+        self.suppressed = 0
+
+
 def install_error_handlers(app: FastAPI, *, retry_after: int) -> None:
     """Route framework, validation, store and own errors to problem responses."""
 
@@ -178,9 +198,12 @@ def install_error_handlers(app: FastAPI, *, retry_after: int) -> None:
         assert isinstance(exc, RequestValidationError)
         return validation_problem(exc.errors())
 
+    redis_errors = metrics.REDIS_ERRORS.labels("api")
+    outage_log = _OutageLog()
+
     async def on_store_unavailable(request: Request, exc: Exception) -> Response:
-        metrics.REDIS_ERRORS.labels("api").inc()
-        log.warning("store unavailable on %s %s: %r", request.method, request.url.path, exc)
+        redis_errors.inc()
+        outage_log.failed(request, exc)
         return store_unavailable(retry_after)
 
     app.add_exception_handler(ProblemError, on_problem)

@@ -90,7 +90,8 @@ class ApiState:
         """Reload the book when its version moved; re-seed when the dataset was reset."""
         store = self.store
         remote = await store.policies_version()
-        if not self.policies_loaded or remote < self.book.version:
+        reset = remote < self.book.version or (remote == 0 and bool(self.seed_policies))
+        if not self.policies_loaded or reset:
             # First load, or Redis came back empty (restarted without persistence).
             await store.seed_channel_policies(self.seed_policies)
             self.install_book(await store.policy_book(), force=True)

@@ -65,3 +65,14 @@ def test_the_api_refuses_to_start_without_api_keys(capsys: pytest.CaptureFixture
 
     assert exited.value.code not in (0, None)
     assert "ATP_API_KEYS" in capsys.readouterr().err
+
+
+async def test_the_openapi_document_describes_the_hand_parsed_availability_route(
+    api: Api,
+) -> None:
+    document = (await api.client.get("/openapi.json")).json()
+
+    operation = document["paths"]["/v1/availability/{sku}"]["get"]
+    assert [p["name"] for p in operation["parameters"]] == ["sku", "channel", "site"]
+    assert operation["security"] == [{"ApiKey": []}]
+    assert document["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"

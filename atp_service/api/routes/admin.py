@@ -33,9 +33,8 @@ router = APIRouter(tags=["admin"], responses=PROBLEM_RESPONSES)
     "channel follows `default` (all sites, no safety stock, 100 % share, no in-transit).",
 )
 async def get_channel_policies(state: StateDep, _: Admin) -> dict[str, Any]:
-    await state.ensure_policies()
-    book = await state.store.policy_book()
-    state.install_book(book)
+    await state.refresh_policies()
+    book = state.book
     return {
         "version": book.version,
         "default": policy_body(ChannelPolicy()),
@@ -58,11 +57,11 @@ async def put_channel_policy(
     state: StateDep,
     _: Admin,
 ) -> dict[str, Any]:
-    await state.ensure_policies()
+    await state.refresh_policies()  # first re-seeds a store that came back empty
     policy = body.to_policy()
     await state.store.put_channel_policy(channel, policy)
     book = await state.store.policy_book()
-    state.install_book(book)
+    state.install_book(book, force=True)
     return {"channel": channel, **policy_body(policy), "version": book.version}
 
 

@@ -1,0 +1,305 @@
+"""`atp api` as a real uvicorn process over a real redis-server: reads, outages, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from atp_service.config import EVENTS_TOPIC
+from atp_service.domain import Bucket, InventoryDelta, Source
+from atp_service.embedded import LOOPBACK, EmbeddedStack, ManagedProcess, free_port
+from atp_service.store import KeySpace, PolicyBook, RedisStore, connect
+from tests.random_refs import random_event_id, random_site, random_sku
+
+pytestmark = pytest.mark.integration
+
+READ_KEY = "it-reader-key"
+ADMIN_KEY = "it-admin-key"
+READER = {"Authorization": f"Bearer {READ_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+API_KEYS = [
+    {"name": "storefront", "key": READ_KEY, "scopes": ["availability:read"]},
+    {"name": "ops", "key": ADMIN_KEY, "scopes": ["admin", "availability:read"]},
+]
+#: Long enough that only a hang (not a slow 503) trips it.
+HANG = 10.0
+RECOVERY = 20.0
+
+
+@dataclass
+class ApiProcess:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=HANG)
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+
+
+def start_api(workdir: Path, redis_url: str, kafka: str, **env: str) -> ApiProcess:
+    """`python -m atp_service api` (the `atp api` command) on a free port."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "api.log"
+    environment = {
+        **os.environ,
+        "ATP_REDIS_URL": redis_url,
+        "ATP_KAFKA_BROKERS": kafka,
+        "ATP_API_KEYS": json.dumps(API_KEYS),
+        **env,
+    }
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "atp_service", "api", "--host", LOOPBACK, "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=environment,
+            cwd=workdir,  # no stray .env
+        )
+    api = ApiProcess(f"http://{LOOPBACK}:{port}", proc, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"atp api exited with {proc.returncode}:\n{api.log_tail()}"
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{api.url}/healthz", timeout=1).status_code == 200:
+                return api
+        time.sleep(0.1)
+    raise AssertionError(f"atp api did not come up:\n{api.log_tail()}")
+
+
+def stop_api(api: ApiProcess) -> None:
+    if api.proc.poll() is None:
+        api.proc.send_signal(signal.SIGINT)
+        try:
+            api.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            api.proc.kill()
+            api.proc.wait(5)
+
+
+@pytest.fixture
+def unreachable_kafka() -> str:
+    """A bootstrap address where nothing listens: the API must serve regardless."""
+    return f"{LOOPBACK}:{free_port()}"
+
+
+@pytest.fixture
+def api_on_stack(stack: EmbeddedStack, tmp_path: Path) -> Iterator[ApiProcess]:
+    api = start_api(tmp_path / "api", stack.redis_url, stack.bootstrap)
+    yield api
+    stop_api(api)
+
+
+@pytest.fixture
+def own_redis_url(own_redis: ManagedProcess) -> str:
+    return f"redis://{LOOPBACK}:{own_redis.port}/0"
+
+
+@pytest.fixture
+def api_on_own_redis(
+    own_redis_url: str, unreachable_kafka: str, tmp_path: Path
+) -> Iterator[ApiProcess]:
+    channels = tmp_path / "channels.json"
+    channels.write_text(json.dumps({"web": {"share": 50}}))
+    api = start_api(
+        tmp_path / "api", own_redis_url, unreachable_kafka, ATP_CHANNELS_FILE=str(channels)
+    )
+    yield api
+    stop_api(api)
+
+
+async def receive(redis_url: str, sku: str, site: str, qty: int) -> None:
+    """Fold a receipt as the stream worker would, and make the site known."""
+    client = connect(redis_url, timeout=2.0, max_connections=2)
+    try:
+        store = RedisStore(client, KeySpace(16), dedup_window_seconds=86_400)
+        event = InventoryDelta(
+            random_event_id(), Source.WMS, sku, site, Bucket.ON_HAND, qty, "2026-11-23T05:00:00Z"
+        )
+        await store.fold_many([event], PolicyBook.of({}))
+        await store.register_sites([site])
+    finally:
+        await client.aclose()
+
+
+async def answers(api: ApiProcess, path: str, **kw: Any) -> httpx.Response:
+    async with api.client() as client:
+        return await client.get(path, **kw)
+
+
+async def until_status(api: ApiProcess, path: str, status: int, **kw: Any) -> httpx.Response:
+    """Poll until ``path`` answers ``status`` (the service must get there by itself)."""
+    deadline = time.monotonic() + RECOVERY
+    async with api.client() as client:
+        while True:
+            response = await client.get(path, **kw)
+            if response.status_code == status or time.monotonic() > deadline:
+                return response
+            await asyncio.sleep(0.1)
+
+
+def assert_store_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "store_unavailable"
+    assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_the_api_serves_what_the_fold_wrote(
+    api_on_stack: ApiProcess, stack: EmbeddedStack
+) -> None:
+    sku, site_a, site_b = f"{random_sku()}/v", random_site(), random_site()
+    await receive(stack.redis_url, sku, site_a, 12)
+    await receive(stack.redis_url, sku, site_b, 5)
+
+    one = await answers(
+        api_on_stack, f"/v1/availability/{sku}", params={"channel": "web", "site": site_a},
+        headers=READER,
+    )  # fmt: skip
+    async with api_on_stack.client() as client:
+        batch = await client.post(
+            "/v1/availability/batch",
+            json={
+                "channel": "web",
+                "items": [{"sku": sku, "site": site_b}, {"sku": sku, "site": site_a}],
+            },
+            headers=READER,
+        )
+
+    assert one.status_code == 200, one.text
+    assert one.json()["atp"] == 12 and one.json()["sites"][0]["version"] == 1
+    assert [item["atp"] for item in batch.json()["items"]] == [5, 12]
+    assert one.headers["x-correlation-id"]
+
+
+async def test_a_safety_stock_change_reaches_kafka_with_the_request_correlation_id(
+    own_redis_url: str, stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    channels = tmp_path / "channels.json"
+    channels.write_text(json.dumps({"web": {}}))
+    api = start_api(
+        tmp_path / "api", own_redis_url, stack.bootstrap, ATP_CHANNELS_FILE=str(channels)
+    )
+    try:
+        sku, site = random_sku(), random_site()
+        await receive(own_redis_url, sku, site, 10)
+        correlation = f"ticket-{random_event_id()}"
+        async with api.client() as client:
+            response = await client.put(
+                f"/v1/safety-stock/{sku}/{site}",
+                json={"safety_stock": 4},
+                headers={**ADMIN, "X-Correlation-ID": correlation},
+            )
+        assert response.status_code == 200, response.text
+
+        event = await first_event_for(stack.bootstrap, f"{sku}@{site}")
+    finally:
+        stop_api(api)
+
+    assert event["type"] == "availability.changed" and event["channel"] == "web"
+    assert (event["atp"], event["previous_atp"]) == (6, 10)
+    assert event["correlation_id"] == correlation
+
+
+async def first_event_for(bootstrap: str, key: str) -> dict[str, Any]:
+    consumer = AIOKafkaConsumer(
+        EVENTS_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, group_id=None,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        async with asyncio.timeout(30):
+            async for message in consumer:
+                if message.key == key.encode():
+                    event: dict[str, Any] = json.loads(message.value)
+                    return event
+    finally:
+        await consumer.stop()
+    raise AssertionError("unreachable")
+
+
+async def test_a_paused_redis_gets_503s_not_hangs_and_the_api_recovers_by_itself(
+    api_on_own_redis: ApiProcess, own_redis: ManagedProcess, own_redis_url: str
+) -> None:
+    api = api_on_own_redis
+    sku, site = random_sku(), random_site()
+    await receive(own_redis_url, sku, site, 9)
+    path = f"/v1/availability/{sku}"
+    params = {"channel": "web", "site": site}
+    assert (await until_status(api, path, 200, params=params, headers=READER)).json()["atp"] == 4
+
+    own_redis.signal(signal.SIGSTOP)
+    try:
+        async with api.client() as client:
+            started = time.monotonic()
+            burst = await asyncio.gather(
+                *(client.get(path, params=params, headers=READER) for _ in range(80))
+            )
+            print(
+                f"80 requests against a paused Redis answered in {time.monotonic() - started:.2f}s"
+            )
+            ready = await client.get("/readyz")
+            health = await client.get("/healthz")
+    finally:
+        own_redis.signal(signal.SIGCONT)
+
+    for response in burst:
+        assert_store_unavailable(response)
+    assert_store_unavailable(ready)
+    assert health.status_code == 200
+    pid = api.proc.pid
+    recovered = await until_status(api, path, 200, params=params, headers=READER)
+    assert recovered.status_code == 200 and recovered.json()["atp"] == 4
+    assert (await answers(api, "/readyz")).status_code == 200
+    assert api.proc.poll() is None and api.proc.pid == pid
+
+
+async def test_a_redis_killed_and_restarted_is_used_again_without_restarting_the_api(
+    api_on_own_redis: ApiProcess, own_redis: ManagedProcess, own_redis_url: str
+) -> None:
+    api = api_on_own_redis
+    sku, site = random_sku(), random_site()
+    await receive(own_redis_url, sku, site, 9)
+    assert (await until_status(api, "/readyz", 200)).status_code == 200
+
+    own_redis.signal(signal.SIGKILL)
+    assert own_redis.proc is not None
+    own_redis.proc.wait(10)
+    params = {"channel": "web", "site": site}
+    down = await answers(api, f"/v1/availability/{sku}", params=params, headers=READER)
+    not_ready = await answers(api, "/readyz")
+    own_redis.start()  # same port, empty dataset
+
+    assert_store_unavailable(down)
+    assert_store_unavailable(not_ready)
+    assert (await until_status(api, "/readyz", 200)).status_code == 200
+    # The seeded policies come back into the emptied store, and writes work again
+    # (the safety-stock script is reloaded into the new server's script cache).
+    await receive(own_redis_url, sku, site, 30)
+    policies = await until_status(api, "/v1/policies/channels", 200, headers=ADMIN)
+    assert policies.json()["channels"]["web"]["share"] == 50
+    async with api.client() as client:
+        put = await client.put(
+            f"/v1/safety-stock/{sku}/{site}", json={"safety_stock": 5}, headers=ADMIN
+        )
+    assert put.status_code == 200, put.text
+    after = await answers(api, f"/v1/availability/{sku}", params=params, headers=READER)
+    assert after.json()["atp"] == 10
