@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: How often, at most, the folder asks Redis whether the channel policies changed.
+POLICY_REFRESH_SECONDS = 0.5
+
 #: Redis answers that mean "not now" rather than "this event is bad".
 _TRANSIENT_REPLIES = (
     "LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT",
@@ -82,7 +85,7 @@ class BatchFolder:
         *,
         authority: Mapping[Bucket, Source],
         initial_policies: Mapping[str, ChannelPolicy] | None = None,
-        policy_refresh_seconds: float = 0.5,
+        policy_refresh_seconds: float = POLICY_REFRESH_SECONDS,
         max_backoff_seconds: float = 2.0,
         should_give_up: Callable[[], bool] = lambda: False,
     ) -> None:
