@@ -19,8 +19,15 @@ NO_KEYS_MESSAGE = (
 )
 
 
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
 def app_from_environment() -> FastAPI:
     """The app of one worker process when ``workers > 1`` (settings from the environment)."""
+    _configure_logging()
     return create_app(get_settings())
 
 
@@ -33,9 +40,7 @@ def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     if not settings.api_keys:
         print(NO_KEYS_MESSAGE, file=sys.stderr)
         raise SystemExit(2)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging()
     app: FastAPI | str = (
         "atp_service.api.server:app_from_environment" if workers > 1 else create_app(settings)
     )

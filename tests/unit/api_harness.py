@@ -81,8 +81,11 @@ class Api:
 
 
 @asynccontextmanager
-async def running_api(settings: Settings) -> AsyncIterator[Api]:
-    server = fakeredis.FakeServer()
+async def running_api(
+    settings: Settings, server: fakeredis.FakeServer | None = None
+) -> AsyncIterator[Api]:
+    """An API process; give ``server`` to share another one's (fake) Redis."""
+    server = server or fakeredis.FakeServer()
     redis = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
     app = create_app(settings, redis_client=redis, relay=False)
     store = RedisStore(redis, KeySpace(settings.key_groups), dedup_window_seconds=86_400)

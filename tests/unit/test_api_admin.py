@@ -205,3 +205,23 @@ async def test_an_invalid_safety_stock_is_422(api: Api, body: dict[str, Any], fi
 
     assert response.status_code == 422
     assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
+async def test_the_seeded_policies_come_back_when_the_store_comes_back_empty(api: Api) -> None:
+    await api.redis.flushall()
+
+    await api.state.refresh_policies()
+
+    listed = (await api.client.get("/v1/policies/channels", headers=ADMIN)).json()
+    assert listed["channels"] == {"web": {**DEFAULT_POLICY, "share": 50}}
+
+
+async def test_an_api_process_starting_later_keeps_an_admin_change_over_its_seed(
+    api: Api,
+) -> None:
+    await put_policy(api, "web", {"share": 10})
+
+    async with running_api(api.state.settings, api.server) as later:
+        listed = (await later.client.get("/v1/policies/channels", headers=ADMIN)).json()
+
+    assert listed["channels"]["web"]["share"] == 10
