@@ -40,6 +40,14 @@ def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     if not settings.api_keys:
         print(NO_KEYS_MESSAGE, file=sys.stderr)
         raise SystemExit(2)
+    try:
+        settings.load_channel_policies()
+    except (OSError, ValueError) as exc:
+        print(
+            f"atp api: cannot read ATP_CHANNELS_FILE {settings.channels_file}: {exc}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     _configure_logging()
     app: FastAPI | str = (
         "atp_service.api.server:app_from_environment" if workers > 1 else create_app(settings)

@@ -60,6 +60,7 @@ class ApiState:
     def open(self, client: aioredis.Redis) -> None:
         """Use ``client`` from now on (the lifespan's start)."""
         self.stop = asyncio.Event()
+        self.book = PolicyBook.of({})
         self.policies_loaded = False
         self._redis = client
         self._store = RedisStore(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,17 @@ async def test_the_openapi_document_describes_the_hand_parsed_availability_route
     assert [p["name"] for p in operation["parameters"]] == ["sku", "channel", "site"]
     assert operation["security"] == [{"ApiKey": []}]
     assert document["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
+
+
+def test_the_api_refuses_to_start_with_an_unreadable_channels_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "channels.json"
+    broken.write_text('{"web": {"share": 150}}')
+    settings = make_settings().model_copy(update={"channels_file": broken})
+
+    with pytest.raises(SystemExit) as exited:
+        serve(settings, "127.0.0.1", 0)
+
+    assert exited.value.code not in (0, None)
+    assert "ATP_CHANNELS_FILE" in capsys.readouterr().err
