@@ -21,7 +21,14 @@ from aiokafka import AIOKafkaConsumer
 
 from atp_service.config import EVENTS_TOPIC
 from atp_service.domain import Bucket, InventoryDelta, Source
-from atp_service.embedded import LOOPBACK, EmbeddedStack, ManagedProcess, free_port
+from atp_service.embedded import (
+    LOOPBACK,
+    EmbeddedStack,
+    ManagedProcess,
+    create_topics,
+    free_port,
+    tansu_process,
+)
 from atp_service.store import KeySpace, PolicyBook, RedisStore, connect
 from tests.random_refs import random_event_id, random_site, random_sku
 
@@ -226,7 +233,7 @@ async def first_event_for(bootstrap: str, key: str) -> dict[str, Any]:
     )  # fmt: skip
     await consumer.start()
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(45):
             async for message in consumer:
                 if message.key == key.encode():
                     event: dict[str, Any] = json.loads(message.value)
@@ -305,3 +312,33 @@ async def test_a_redis_killed_and_restarted_is_used_again_without_restarting_the
     assert put.status_code == 200, put.text
     after = await answers(api, f"/v1/availability/{sku}", params=params, headers=READER)
     assert after.json()["atp"] == 10
+
+
+async def test_events_written_while_kafka_is_down_are_published_once_it_comes_up(
+    own_redis_url: str, tmp_path: Path
+) -> None:
+    kafka_port = free_port()
+    bootstrap = f"{LOOPBACK}:{kafka_port}"
+    channels = tmp_path / "channels.json"
+    channels.write_text(json.dumps({"web": {}}))
+    api = start_api(tmp_path / "api", own_redis_url, bootstrap, ATP_CHANNELS_FILE=str(channels))
+    kafka = tansu_process(kafka_port, tmp_path / "kafka")
+    try:
+        sku, site = random_sku(), random_site()
+        await receive(own_redis_url, sku, site, 10)
+        async with api.client() as client:
+            put = await client.put(
+                f"/v1/safety-stock/{sku}/{site}",
+                json={"safety_stock": 3},
+                headers={**ADMIN, "X-Correlation-ID": "while-kafka-was-down"},
+            )
+        assert put.status_code == 200, put.text
+
+        kafka.start()
+        await create_topics(bootstrap)
+        event = await first_event_for(bootstrap, f"{sku}@{site}")
+    finally:
+        stop_api(api)
+        kafka.stop()
+
+    assert (event["atp"], event["correlation_id"]) == (7, "while-kafka-was-down")
