@@ -1,0 +1,216 @@
+"""The worker's batch handling, with a fake store and a fake dead-letter topic (no I/O)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, cast
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from atp_service.domain import DEFAULT_AUTHORITY, ChannelPolicy, InventoryDelta, InventorySnapshot
+from atp_service.store import FoldOutcome, PolicyBook, RedisStore
+from stream_agents._folding import BatchAbandoned, BatchFolder, InboundMessage
+
+Event = InventoryDelta | InventorySnapshot
+
+
+class FakeStore:
+    """Folds into a list; can be told to be down for a number of calls or to refuse events."""
+
+    def __init__(self) -> None:
+        self.folded: list[str] = []
+        self.round_trips = 0
+        self.down_for = 0
+        self.refused: set[str] = set()
+        self.sites: list[str] = []
+        self.policies: dict[str, ChannelPolicy] = {}
+        self.version = 0
+        self.books_loaded = 0
+
+    def _call(self) -> None:
+        if self.down_for:
+            self.down_for -= 1
+            raise RedisConnectionError("Connection refused")
+
+    async def seed_channel_policies(self, policies: dict[str, ChannelPolicy]) -> None:
+        self._call()
+        for name, policy in policies.items():
+            self.policies.setdefault(name, policy)
+        self.version += 1
+
+    async def policy_book(self) -> PolicyBook:
+        self._call()
+        self.books_loaded += 1
+        return PolicyBook.of(self.policies, self.version)
+
+    async def policies_version(self) -> int:
+        self._call()
+        return self.version
+
+    async def register_sites(self, sites: Sequence[str]) -> None:
+        self._call()
+        self.sites.extend(sites)
+
+    async def fold_many(self, events: Sequence[Event], book: PolicyBook) -> list[FoldOutcome]:
+        self._call()
+        self.round_trips += 1
+        outcomes = [self._fold(e) for e in events]
+        if any(o is None for o in outcomes):
+            raise ResponseError("ERR user_script:1: bad event")
+        return [o for o in outcomes if o is not None]
+
+    async def fold(self, event: Event, book: PolicyBook) -> FoldOutcome:
+        self._call()
+        self.round_trips += 1
+        outcome = self._fold(event)
+        if outcome is None:
+            raise ResponseError("ERR user_script:1: bad event")
+        return outcome
+
+    def _fold(self, event: Event) -> FoldOutcome | None:
+        if event.event_id in self.refused:
+            return None
+        if event.event_id in self.folded:
+            return FoldOutcome("duplicate", 0, 0, None)
+        self.folded.append(event.event_id)
+        return FoldOutcome("folded", len(self.folded), 0, None)
+
+
+class FakeDeadLetters:
+    def __init__(self, fail_times: int = 0) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.fail_times = fail_times
+
+    async def send(self, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        if self.fail_times:
+            self.fail_times -= 1
+            raise ConnectionError("broker unreachable")
+        self.records.extend(json.loads(value) for _, value in records)
+
+
+def folder_for(store: FakeStore, letters: FakeDeadLetters, **kw: Any) -> BatchFolder:
+    return BatchFolder(
+        cast(RedisStore, store),
+        letters,
+        authority=DEFAULT_AUTHORITY,
+        max_backoff_seconds=0.05,
+        **kw,
+    )
+
+
+_offsets = iter(range(10**6))
+
+
+def message(
+    event_id: str, *, sku: str = "SKU-1", site: str = "DC-1", bucket: str = "on_hand", qty: int = 1
+) -> InboundMessage:
+    body = {
+        "schema": "inventory.delta.v1", "event_id": event_id, "source": "wms",
+        "occurred_at": "2026-11-23T05:00:00Z", "sku": sku, "site": site,
+        "bucket": bucket, "delta": qty,
+    }  # fmt: skip
+    return InboundMessage(
+        "wms.inventory.v1", 0, next(_offsets), f"{sku}@{site}".encode(), json.dumps(body).encode()
+    )
+
+
+def garbage() -> InboundMessage:
+    return InboundMessage("wms.inventory.v1", 0, next(_offsets), b"SKU-1@DC-1", b"{{{")
+
+
+async def test_good_messages_fold_in_order_in_one_round_trip_and_bad_ones_dead_letter() -> None:
+    store, letters = FakeStore(), FakeDeadLetters()
+    batch = [message("e1"), garbage(), message("e2"), message("e3", bucket="in_transit")]
+    await folder_for(store, letters).handle(batch)
+    assert store.folded == ["e1", "e2"]
+    assert store.round_trips == 1
+    assert [(r["offset"], r["code"]) for r in letters.records] == [
+        (batch[1].offset, "malformed_json"),
+        (batch[3].offset, "not_authoritative"),
+    ]
+
+
+async def test_a_redis_outage_is_retried_until_the_batch_is_folded() -> None:
+    store, letters = FakeStore(), FakeDeadLetters()
+    folder = folder_for(store, letters)
+    await folder.start()
+    store.down_for = 4
+    await folder.handle([message("e1"), message("e2")])
+    assert store.folded == ["e1", "e2"]
+    assert store.down_for == 0
+
+
+async def test_dead_letters_are_resent_until_the_broker_acknowledges_them() -> None:
+    store, letters = FakeStore(), FakeDeadLetters(fail_times=3)
+    await folder_for(store, letters).handle([garbage()])
+    assert [r["code"] for r in letters.records] == ["malformed_json"]
+    assert letters.fail_times == 0
+
+
+async def test_an_event_redis_refuses_is_dead_lettered_and_the_others_fold_once() -> None:
+    store, letters = FakeStore(), FakeDeadLetters()
+    store.refused.add("bad")
+    await folder_for(store, letters).handle([message("e1"), message("bad"), message("e2")])
+    assert store.folded == ["e1", "e2"]
+    assert [(r["code"], r["detail"]) for r in letters.records] == [
+        ("fold_failed", "ERR user_script:1: bad event")
+    ]
+
+
+async def test_a_stopping_worker_abandons_a_batch_it_cannot_fold() -> None:
+    store, letters = FakeStore(), FakeDeadLetters()
+    folder = folder_for(store, letters, should_give_up=lambda: True)
+    await folder.start()
+    store.down_for = 1_000
+    with pytest.raises(BatchAbandoned):
+        await folder.handle([message("e1")])
+    assert store.folded == []
+
+
+async def test_configured_channel_policies_are_seeded_at_start() -> None:
+    store, letters = FakeStore(), FakeDeadLetters()
+    store.policies["web"] = ChannelPolicy(safety_stock=9)  # an admin's change wins
+    folder = folder_for(
+        store,
+        letters,
+        initial_policies={"web": ChannelPolicy(), "b2b": ChannelPolicy(share=50)},
+    )
+    await folder.start()
+    assert folder.book.policies == {
+        "web": ChannelPolicy(safety_stock=9),
+        "b2b": ChannelPolicy(share=50),
+    }
+
+
+async def test_policies_are_reloaded_only_when_their_version_moved() -> None:
+    store, letters = FakeStore(), FakeDeadLetters()
+    folder = folder_for(store, letters, policy_refresh_seconds=0)
+    await folder.start()
+    await folder.handle([message("e1")])
+    await folder.handle([message("e2")])
+    assert store.books_loaded == 1
+    store.policies["web"] = ChannelPolicy(share=10)
+    store.version += 1
+    await folder.handle([message("e3")])
+    assert store.books_loaded == 2
+    assert folder.book.policy("web") == ChannelPolicy(share=10)
+
+
+async def test_policies_are_not_looked_up_more_often_than_the_refresh_interval() -> None:
+    store, letters = FakeStore(), FakeDeadLetters()
+    folder = folder_for(store, letters, policy_refresh_seconds=3600)
+    await folder.start()
+    store.version += 1
+    await folder.handle([message("e1")])
+    assert store.books_loaded == 1
+
+
+async def test_each_new_site_is_registered_once() -> None:
+    store, letters = FakeStore(), FakeDeadLetters()
+    folder = folder_for(store, letters)
+    await folder.handle([message("e1", site="DC-1"), message("e2", site="DC-2")])
+    await folder.handle([message("e3", site="DC-2"), message("e4", site="DC-3")])
+    assert sorted(store.sites) == ["DC-1", "DC-2", "DC-3"]
