@@ -145,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("audit", help="check reserved units against the active reservations")
+
+    dlq = sub.add_parser("dlq", help="list or replay the dead-letter topic")
+    dlq.add_argument("action", choices=("list", "replay"))
+    dlq.add_argument("--code", default=None, help="only dead letters with this error code")
+    dlq.add_argument(
+        "--since", default=None, help="only dead letters from this RFC 3339 time or date on"
+    )
+    dlq.add_argument("--json", action="store_true", help="list as JSON lines")
     return parser
 
 
@@ -215,6 +223,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     run_audit: Callable[[Settings], int] = _lazy("atp_service.audit", "run_audit")
     return int(run_audit(_settings()))
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    run_dlq: Callable[..., int] = _lazy("atp_service.dlq", "run_dlq")
+    return int(
+        run_dlq(_settings(), args.action, code=args.code, since=args.since, as_json=args.json)
+    )
 
 
 # -- atp up ---------------------------------------------------------------------------------
@@ -310,12 +325,15 @@ class Child:
             self.proc.wait(5)
 
 
-def log_tail(path: Path, lines: int = 15) -> str:
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The end of a child's log, or its last traceback when it has one (the likely cause)."""
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "  (no log)"
-    return "\n".join(f"  | {line}" for line in text[-lines:])
+    starts = [i for i, line in enumerate(text) if line.startswith("Traceback")]
+    shown = text[starts[-1] : starts[-1] + 2 * lines] if starts else text[-lines:]
+    return "\n".join(f"  | {line}" for line in shown)
 
 
 def _get_status(url: str, timeout: float = 1.0) -> int:
@@ -532,6 +550,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "worker": cmd_worker,
     "simulate": cmd_simulate,
     "audit": cmd_audit,
+    "dlq": cmd_dlq,
 }
 
 

@@ -1,0 +1,118 @@
+"""`atp up --demo` as a user runs it: ready, availability moves, Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from atp_service.cli import port_is_free
+from atp_service.embedded import free_port
+from tests.e2e.conftest import atp_argv
+
+pytestmark = pytest.mark.e2e
+
+START_DEADLINE = 60.0
+MOVE_DEADLINE = 30.0
+STOP_DEADLINE = 60.0
+
+
+class Output:
+    """The lines a child prints, collected by a thread so the test can wait for one."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, needle: str, proc: subprocess.Popen[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {needle!r} from `atp up`; it said:\n{self.text}")
+            time.sleep(0.1)
+
+
+def processes_using(redis_url: str) -> list[int]:
+    """Pids of processes started with this Redis in their environment (our children)."""
+    marker = f"ATP_REDIS_URL={redis_url}".encode()
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                pids.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_atp_up_demo_serves_moving_availability_and_stops_everything_on_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    ports = {name: free_port() for name in ("redis", "kafka", "api", "worker-metrics")}
+    argv = atp_argv(
+        "up", "--demo",
+        "--redis-port", str(ports["redis"]),
+        "--kafka-port", str(ports["kafka"]),
+        "--api-port", str(ports["api"]),
+        "--worker-metrics-port", str(ports["worker-metrics"]),
+        "--workdir", str(tmp_path / "atp"),
+        "--demo-rate", "300",
+        "--demo-skus", "50",
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+    )
+    output = Output(proc)
+    redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
+    try:
+        output.wait_for("Ctrl-C stops everything", proc, START_DEADLINE)
+        match = re.search(r"storefront\s+(dev-[0-9a-f]+)", output.text)
+        assert match, output.text
+        headers = {"Authorization": f"Bearer {match.group(1)}"}
+        url = f"http://127.0.0.1:{ports['api']}/v1/availability/SKU-00001"
+
+        def versions() -> tuple[int, ...]:
+            response = httpx.get(url, params={"channel": "web"}, headers=headers, timeout=5.0)
+            assert response.status_code == 200, response.text
+            return tuple(site["version"] for site in response.json()["sites"])
+
+        deadline = time.monotonic() + MOVE_DEADLINE
+        first = versions()
+        while not any(first):
+            assert time.monotonic() < deadline, "the hottest sku never got any stock"
+            time.sleep(0.2)
+            first = versions()
+        later = versions()
+        while later == first:
+            assert time.monotonic() < deadline, f"availability stayed at versions {first}"
+            time.sleep(0.2)
+            later = versions()
+        assert sum(later) > sum(first)
+        assert len(processes_using(redis_url)) == 3  # worker, API, simulator
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(STOP_DEADLINE) == 0, output.text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "stopped" in output.lines[-1], output.text
+    assert processes_using(redis_url) == []
+    for name, port in ports.items():
+        assert port_is_free(port), f"{name} port {port} still in use"
