@@ -92,6 +92,7 @@ class SimMessage:
 class ShadowPosition:
     """What the simulated WMS and ERP believe about one item-site."""
 
+    target: int  # the stocking level replenishment aims at
     on_hand: int = 0
     allocated: int = 0
     quarantined: int = 0
@@ -179,9 +180,11 @@ class TrafficGenerator:
             return self._pick(sku, site, pos)
         if roll < 56 and pos.free > 0:
             return self._allocation(sku, site, pos)
-        if roll < 70:
+        # Replenishment keeps each item-site near its stocking level: hot items move, but
+        # neither run dry for good nor pile up without bound.
+        if roll < 70 and pos.on_hand < pos.target:
             return self._receipt(sku, site, pos)
-        if roll < 79:
+        if roll < 79 and pos.on_hand + sum(pos.inbound.values()) < 2 * pos.target:
             return self._inbound(sku, site, pos)
         if roll < 86 and pos.inbound:
             return self._arrival(sku, site, pos)
@@ -193,6 +196,8 @@ class TrafficGenerator:
             return [self._wms_snapshot(sku, site, pos, kind="resnapshot", drift=True)]
         if roll < 100 and pos.inbound:
             return [self._erp_snapshot(sku, site, pos, kind="resnapshot")]
+        if pos.free > 0:
+            return self._allocation(sku, site, pos)
         return self._receipt(sku, site, pos)
 
     # -- actions (each updates the shadow exactly as the messages it returns) ----------------
@@ -200,6 +205,7 @@ class TrafficGenerator:
     def _initial_load(self, sku: str, site: str) -> list[SimMessage]:
         on_hand = self.rng.randint(20, 400)
         pos = ShadowPosition(
+            target=on_hand,
             on_hand=on_hand,
             allocated=self.rng.randint(0, on_hand // 5),
             quarantined=self.rng.choice((0, 0, 0, self.rng.randint(1, 5))),
@@ -213,7 +219,7 @@ class TrafficGenerator:
         ]
 
     def _receipt(self, sku: str, site: str, pos: ShadowPosition) -> list[SimMessage]:
-        qty = self.rng.randint(5, 120)
+        qty = self.rng.randint(pos.target // 5 + 1, pos.target // 2 + 1)
         pos.on_hand += qty
         return [self._delta("wms", sku, site, "on_hand", qty, "receipt", kind="receipt")]
 
@@ -254,7 +260,7 @@ class TrafficGenerator:
         return messages
 
     def _inbound(self, sku: str, site: str, pos: ShadowPosition) -> list[SimMessage]:
-        qty = self.rng.randint(10, 200)
+        qty = self.rng.randint(pos.target // 5 + 1, pos.target // 2 + 1)
         eta = self._eta()
         pos.inbound[eta] = pos.inbound.get(eta, 0) + qty
         return [
