@@ -46,15 +46,22 @@ def _fold_agent(app: faust.App, folder: BatchFolder, batch: int, within: float) 
     async def fold(stream: StreamT[Any]) -> None:
         # take_events acks a batch when the loop asks for the next one, i.e. only after
         # handle() returned: every message in it is folded or dead-lettered by then.
+        abandoned = False
         events: Sequence[EventT[Any]]
         async for events in cast(faust.Stream[Any], stream).take_events(batch, within):
+            if abandoned:
+                # Stopping: folding a later batch before the abandoned one (consumed again
+                # after the restart) would break the order per item-site.
+                _forget_without_commit(events)
+                continue
             messages = [_inbound(event) for event in events]
             done = False
             try:
                 await _handle_until_done(folder, messages)
                 done = True
             except BatchAbandoned as exc:
-                log.warning("stopping with %d messages not folded: %s", len(messages), exc)
+                abandoned = True
+                log.warning("stopping with messages not folded (%s); they will be redelivered", exc)
             finally:
                 if not done:
                     _forget_without_commit(events)
