@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -113,6 +114,42 @@ def test_atp_up_demo_serves_moving_availability_and_stops_everything_on_ctrl_c(
             proc.kill()
             proc.wait()
     assert "stopped" in output.lines[-1], output.text
+    assert processes_using(redis_url) == []
+    for name, port in ports.items():
+        assert port_is_free(port), f"{name} port {port} still in use"
+
+
+def test_atp_up_stops_everything_and_fails_when_one_of_its_processes_dies(
+    tmp_path: Path,
+) -> None:
+    ports = {name: free_port() for name in ("redis", "kafka", "api")}
+    argv = atp_argv(
+        "up",
+        "--redis-port", str(ports["redis"]),
+        "--kafka-port", str(ports["kafka"]),
+        "--api-port", str(ports["api"]),
+        "--worker-metrics-port", "0",
+        "--workdir", str(tmp_path / "atp"),
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+    )
+    output = Output(proc)
+    redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
+    try:
+        output.wait_for("Ctrl-C stops everything", proc, START_DEADLINE)
+        children = {
+            pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            for pid in processes_using(redis_url)
+        }
+        api = next(pid for pid, cmd in children.items() if b"api" in cmd)
+        os.kill(api, signal.SIGKILL)
+        assert proc.wait(STOP_DEADLINE) == 1, output.text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert f"the api exited with code {-signal.SIGKILL}" in output.text
     assert processes_using(redis_url) == []
     for name, port in ports.items():
         assert port_is_free(port), f"{name} port {port} still in use"
