@@ -486,7 +486,11 @@ async def produce(
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, request_timeout_ms=15_000
     )
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()  # releases what a failed start opened
+        raise
     pacer = _Pacer(rate)
     deadline = time.monotonic() + duration if duration else None
     next_progress = time.monotonic() + progress_every
@@ -560,4 +564,5 @@ def run_simulation(
         asyncio.run(main())
     finally:
         summary.finished = time.monotonic()
-        print(summary.render(), flush=True)
+        if summary.total:
+            print(summary.render(), flush=True)
