@@ -202,6 +202,7 @@ def test_a_value_without_a_known_schema_is_unknown_schema(body: object) -> None:
         {"occurred_at": "2026-11-23T05:00:00"},
         {"occurred_at": "2026-11-23"},
         {"occurred_at": "2026-02-30T05:00:00Z"},
+        {"occurred_at": "\uff12\uff10\uff12\uff16-11-23T05:00:00Z"},
         {"correlation_id": 5},
         {"reason": ["pick"]},
         {"eta": "2026-12-01"},
@@ -226,8 +227,9 @@ def test_a_delta_exactly_at_the_limit_is_accepted() -> None:
         delta_body(source="erp", bucket="in_transit", eta="2026-13-01"),
         delta_body(source="erp", bucket="in_transit", eta="01/12/2026"),
         delta_body(source="erp", bucket="in_transit", eta=20261201),
+        delta_body(source="erp", bucket="in_transit", eta="\uff12\uff10\uff12\uff16-12-01"),
     ],
-    ids=["no-such-month", "not-iso", "number"],
+    ids=["no-such-month", "not-iso", "number", "non-ascii-digits"],
 )
 def test_an_eta_that_is_not_a_date_is_a_schema_violation(body: dict[str, Any]) -> None:
     assert refusal(body, topic=ERP_TOPIC).code == "schema_violation"
