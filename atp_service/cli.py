@@ -32,7 +32,7 @@ from atp_service.config import (
 )
 
 LOOPBACK = "127.0.0.1"
-DEFAULT_WORKER_METRICS_PORT = 9102
+DEFAULT_WORKER_METRICS_PORT: int = Settings.model_fields["worker_metrics_port"].default
 DEMO_CHANNELS_FILE = Path(__file__).resolve().parent.parent / "examples" / "channels.json"
 
 #: The dev keys `atp up` makes: name -> scopes.
