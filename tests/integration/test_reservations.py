@@ -322,7 +322,7 @@ async def test_confirm_stops_the_clock_and_is_idempotent(
     assert first.status is second.status is ReservationStatus.CONFIRMED
     assert first.expires_ms is None
     await force_due(store, rid)
-    assert await reservations.expire_due() == 0
+    await reservations.expire_due()
     assert (await reservations.get(rid)).status is ReservationStatus.CONFIRMED
     assert await reserved(store, sku, site) == 2
     types = [(e["type"], e["correlation_id"]) for e in await reservation_events(store, rid)]
