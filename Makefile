@@ -30,3 +30,13 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
+
+# Benchmarks (docs/benchmarks.md): the full run (>= 100k skus x 5 sites, some minutes) writes
+# benchmarks/results/; the quick one (< 90 s, small data) writes benchmarks/results/quick/.
+.PHONY: bench bench-quick
+
+bench: $(INSTALLED)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+bench-quick: $(INSTALLED)
+	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)

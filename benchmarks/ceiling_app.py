@@ -1,0 +1,104 @@
+"""The HTTP and Redis ceilings: a tiny FastAPI app served exactly as `atp api` serves the API.
+
+``python -m benchmarks.ceiling_app --port P --workers N`` runs it through
+``atp_service.api.server.serve`` itself (the same uvicorn options, loop, HTTP parser, worker
+count), with the app factory swapped for ours. Endpoints:
+
+- ``GET /ceiling/http``: a constant availability-shaped body, encoded per request by orjson
+  into a ``Response`` (as the availability route does). No auth, no middleware, no Redis.
+- ``GET /ceiling/redis``: the same after one ``GET`` round trip to Redis from redis.asyncio,
+  through ``atp_service.store.connect`` (the API's pool, parser and timeouts).
+- ``GET /readyz``: 200 once the Redis client is connected.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI
+from starlette.responses import Response
+
+from atp_service.api import server
+from atp_service.config import Settings, get_settings
+from atp_service.store import connect
+
+CEILING_KEY = "atp:bench:ceiling"
+
+#: The size and shape of a one-sku, five-site availability answer.
+BODY = {
+    "sku": "SKU-00042",
+    "channel": "web",
+    "atp": 1234,
+    "sites": [
+        {
+            "site": site,
+            "atp": 246,
+            "on_hand": 300,
+            "allocated": 20,
+            "quarantined": 4,
+            "reserved": 30,
+            "in_transit": 0,
+            "version": 17,
+            "as_of": "2026-11-23T05:00:00.123Z",
+        }
+        for site in ("DC-EAST", "DC-WEST", "STORE-001", "STORE-002", "DC-CENTRAL")
+    ],
+    "as_of": "2026-11-23T05:00:00.123Z",
+}
+
+
+def create_ceiling_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    holder: dict[str, object] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = connect(
+            settings.redis_url,
+            timeout=settings.redis_timeout_seconds,
+            max_connections=settings.redis_max_connections,
+        )
+        await client.set(CEILING_KEY, orjson.dumps(BODY).decode())
+        holder["redis"] = client
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(title="ATP benchmark ceilings", lifespan=lifespan)
+
+    @app.get("/ceiling/http")
+    async def constant() -> Response:
+        return Response(orjson.dumps(BODY), media_type="application/json")
+
+    @app.get("/ceiling/redis")
+    async def one_round_trip() -> Response:
+        await holder["redis"].get(CEILING_KEY)  # type: ignore[attr-defined]
+        return Response(orjson.dumps(BODY), media_type="application/json")
+
+    @app.get("/readyz")
+    async def ready() -> Response:
+        return Response(b'{"status":"ready"}', media_type="application/json")
+
+    return app
+
+
+# Swapped in at import time, so that with workers > 1 the uvicorn worker processes (which
+# import this module as their __mp_main__) build this app too.
+server.create_app = create_ceiling_app  # type: ignore[attr-defined,assignment]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    server.serve(get_settings(), host=args.host, port=args.port, workers=args.workers)
+
+
+if __name__ == "__main__":
+    main()
