@@ -98,7 +98,9 @@ def markdown(results: dict[str, Any]) -> str:
         f" {_ratio(f['ratio_to_bare_consumer'])} |",
         f"| freshness at {_fmt(fr['rate_asked'])} events/s (produce -> visible over HTTP) |"
         f" {fr['probes']} probes, {fr['timeouts']} timeouts |"
-        f" {_fmt(fr['p50_ms'], 1)} / {_fmt(fr['p95_ms'], 1)} / {_fmt(fr['p99_ms'], 1)} | | |",
+        f" {_fmt(fr['p50_ms'], 1)} / {_fmt(fr['p95_ms'], 1)} / {_fmt(fr['p99_ms'], 1)} |"
+        f" bare consumer gets them at p50 {_fmt(fr.get('kafka_p50_ms'), 1)},"
+        f" p99 {_fmt(fr.get('kafka_p99_ms'), 1)} | |",
         f"| Redis memory per item-site | {_fmt(m['redis_bytes_per_item_site'])} bytes | | | |",
         f"| RSS peak: API / worker / Redis | {_mib(m['api_rss_peak_bytes'])} /"
         f" {_mib(m['worker_rss_peak_bytes'])} / {_mib(m['redis_rss_peak_bytes'])} | | | |",

@@ -350,6 +350,9 @@ class Run:
             "p95_ms": _round(fresh.percentile(95)),
             "p99_ms": _round(fresh.percentile(99)),
             "max_ms": _round(max(fresh.latencies_ms, default=None)),
+            # the same probes, produce -> delivered to a bare consumer (aiokafka defaults)
+            "kafka_p50_ms": _round(fresh.percentile(50, kafka=True)),
+            "kafka_p99_ms": _round(fresh.percentile(99, kafka=True)),
         }
 
     def _http_phases(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import random
 import re
 import statistics
@@ -164,15 +166,30 @@ class Freshness:
     latencies_ms: list[float]
     sent_at_s: list[float]
     timeouts: int
+    kafka_latencies_ms: list[float]
 
-    def percentile(self, q: float) -> float | None:
-        if not self.latencies_ms:
-            return None
-        if len(self.latencies_ms) == 1:
-            return self.latencies_ms[0]
-        return statistics.quantiles(self.latencies_ms, n=1000, method="inclusive")[
-            round(q * 10) - 1
-        ]
+    def percentile(self, q: float, *, kafka: bool = False) -> float | None:
+        return percentile(self.kafka_latencies_ms if kafka else self.latencies_ms, q)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[round(q * 10) - 1]
+
+
+async def _tail_consumer(bootstrap: str) -> AIOKafkaConsumer:
+    """A bare consumer at the end of the inbound topic (aiokafka's default fetch settings)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    tps = [TopicPartition(TOPIC, p) for p in sorted(consumer.partitions_for_topic(TOPIC) or ())]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)  # resolve "end" now, before anything is produced
+    return consumer
 
 
 async def measure_freshness(
@@ -188,7 +205,8 @@ async def measure_freshness(
 ) -> Freshness:
     """Background WMS deltas at ``rate`` events/s; among them probes on reserved item-sites
     whose change is awaited over HTTP. Latency: from handing the probe to the producer to the
-    first GET that shows it."""
+    first GET that shows it. A bare consumer tailing the topic times the same probes up to
+    their delivery by the broker (the floor under the worker's freshness)."""
     probe_count = max(8, int(probes_per_second * 2))
     probe_ranks = list(range(catalogue.skus - probe_count + 1, catalogue.skus + 1))
     probe_site = catalogue.site_codes[-1]
@@ -204,6 +222,23 @@ async def measure_freshness(
     timeouts = 0
     busy: set[int] = set()
     tasks: set[asyncio.Task[None]] = set()
+    probe_keys = {f"{sku_name(rank)}@{probe_site}".encode() for rank in probe_ranks}
+    probe_sent: dict[str, float] = {}
+    kafka_latencies: list[float] = []
+    tail = await _tail_consumer(bootstrap)
+
+    async def tail_probes() -> None:
+        while True:
+            batches = await tail.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for records in batches.values():
+                for record in records:
+                    if record.key in probe_keys and record.value is not None:
+                        sent = probe_sent.pop(json.loads(record.value)["event_id"], None)
+                        if sent is not None:
+                            kafka_latencies.append((now - sent) * 1000)
+
+    tailing = asyncio.create_task(tail_probes())
 
     async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=5.0) as http:
 
@@ -219,8 +254,9 @@ async def measure_freshness(
         async def probe(rank: int, n: int) -> None:
             nonlocal timeouts
             expected[rank] += 1
-            key, value = delta_message(sku_name(rank), probe_site, 1, f"bench-probe-{run}-{n}")
-            sent = time.perf_counter()
+            event_id = f"bench-probe-{run}-{n}"
+            key, value = delta_message(sku_name(rank), probe_site, 1, event_id)
+            sent = probe_sent[event_id] = time.perf_counter()
             await producer.send(TOPIC, value, key=key)
             deadline = sent + 10.0
             try:
@@ -264,5 +300,12 @@ async def measure_freshness(
         duration = time.perf_counter() - started
         if tasks:
             await asyncio.gather(*tasks)
+    await asyncio.sleep(0.5)  # the tail's last probes
+    tailing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await tailing
+    await tail.stop()
     await producer.stop()
-    return Freshness(rate, sent_events / duration, duration, latencies, sent_at, timeouts)
+    return Freshness(
+        rate, sent_events / duration, duration, latencies, sent_at, timeouts, kafka_latencies
+    )

@@ -17,7 +17,7 @@ FIGURES = {
     "batch50": ("items_per_s", "p99_ms"),
     "reservations": ("rps", "p99_ms", "ratio_to_redis_ceiling"),
     "fold": ("events_per_s_per_worker", "ratio_to_bare_consumer"),
-    "freshness": ("p50_ms", "p99_ms"),
+    "freshness": ("p50_ms", "p99_ms", "kafka_p50_ms", "kafka_p99_ms"),
     "memory": (
         "redis_bytes_per_item_site",
         "api_rss_peak_bytes",
