@@ -215,11 +215,11 @@ class Run:
         t0 = time.monotonic()
         services = self.services
         say(f"{plan.mode} run; results in {plan.out}")
-        services.start_stack()
-        services.start_api()
         sync_redis = redis.Redis.from_url(services.stack.redis_url, decode_responses=True)
         with RssSampler(services) as rss:
             try:
+                services.start_stack()
+                services.start_api()
                 self._load_catalogue(sync_redis, rss)
                 self._freshness()
                 self._http_phases()
