@@ -71,6 +71,13 @@ def _load_lua(name: str) -> str:
     return (lua / "_lib.lua").read_text() + "\n" + (lua / name).read_text()
 
 
+#: The channel name of ``availability.changed`` events that speak for every channel without
+#: a policy of its own: they all sell with the default policy, so they share one ATP. Not a
+#: valid channel code, so it never collides with a real channel.
+UNLISTED_CHANNELS = "*"
+DEFAULT_POLICY = ChannelPolicy()
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyBook:
     """The channel policies in force, with their encoding for the Lua scripts made once."""
@@ -91,19 +98,16 @@ class PolicyBook:
                     "it": 1 if p.include_in_transit else 0,
                     "hz": p.in_transit_horizon_days,
                 }
-                for name, p in sorted(policies.items())
+                for name, p in [*sorted(policies.items()), (UNLISTED_CHANNELS, DEFAULT_POLICY)]
             ],
             separators=(",", ":"),
         )
-        # cjson decodes "[]" as an empty table either way; keep it explicit.
         return cls(policies=dict(policies), version=version, lua_json=encoded)
 
     def policy(self, channel: str) -> ChannelPolicy:
         """A channel without a policy sells from every site with no restriction."""
         return self.policies.get(channel, DEFAULT_POLICY)
 
-
-DEFAULT_POLICY = ChannelPolicy()
 
 
 @dataclass(frozen=True, slots=True)

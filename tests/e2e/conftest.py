@@ -19,7 +19,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from atp_service.embedded import EmbeddedStack, free_port
+from atp_service.embedded import EmbeddedStack, free_port, redis_process
 from tests.random_refs import random_event_id, random_site, random_sku
 
 T = TypeVar("T")
@@ -112,10 +112,14 @@ def service(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> I
     channels_file = workdir / "channels.json"
     channels_file.write_text(json.dumps(channels))
     port = free_port()
+    # A Redis of its own: this service's outbox relays run for the whole session and would
+    # otherwise drain the outbox that integration tests inspect in the shared Redis.
+    redis = redis_process(free_port(), workdir / "redis")
+    redis.start()
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
-        "ATP_REDIS_URL": stack.redis_url,
+        "ATP_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
         "ATP_KAFKA_BROKERS": stack.bootstrap,
         "ATP_API_KEYS": json.dumps(
             [{"name": role, "key": key, "scopes": scopes[role]} for role, key in keys.items()]
@@ -141,6 +145,7 @@ def service(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         for p in reversed(svc.processes):
             p.stop()
+        redis.stop()
 
 
 def _wait_ready(svc: Service) -> None:

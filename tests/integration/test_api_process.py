@@ -226,7 +226,7 @@ async def test_a_safety_stock_change_reaches_kafka_with_the_request_correlation_
     assert event["correlation_id"] == correlation
 
 
-async def first_event_for(bootstrap: str, key: str) -> dict[str, Any]:
+async def first_event_for(bootstrap: str, key: str, channel: str = "web") -> dict[str, Any]:
     consumer = AIOKafkaConsumer(
         EVENTS_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
         enable_auto_commit=False, group_id=None,
@@ -237,7 +237,8 @@ async def first_event_for(bootstrap: str, key: str) -> dict[str, Any]:
             async for message in consumer:
                 if message.key == key.encode():
                     event: dict[str, Any] = json.loads(message.value)
-                    return event
+                    if event.get("channel") == channel:
+                        return event
     finally:
         await consumer.stop()
     raise AssertionError("unreachable")

@@ -56,6 +56,14 @@ async def outbox_events(store: RedisStore, sku: str) -> list[dict[str, object]]:
     return [json.loads(f["v"]) for _, f in entries if f["k"] == f"{sku}@DC-EAST"]
 
 
+async def web_changes(store: RedisStore, sku: str) -> list[dict[str, object]]:
+    return [
+        e
+        for e in await outbox_events(store, sku)
+        if e["type"] == "availability.changed" and e["channel"] == "web"
+    ]
+
+
 async def test_deltas_accumulate_and_each_change_bumps_the_version(store: RedisStore) -> None:
     sku = random_sku()
     outcomes = await store.fold_many(
@@ -148,7 +156,7 @@ async def test_availability_changed_carries_previous_atp_version_and_correlation
     event = delta(sku, Bucket.ON_HAND, 10, correlation_id="ord-1")
     await store.fold(event, BOOK)
     await store.fold(delta(sku, Bucket.ON_HAND, 1), BOOK)  # 10 -> 11: web ATP 8 -> 9
-    changes = [e for e in await outbox_events(store, sku) if e["type"] == "availability.changed"]
+    changes = await web_changes(store, sku)
     assert [(c["previous_atp"], c["atp"], c["version"]) for c in changes] == [(0, 8, 1), (8, 9, 2)]
     assert changes[0]["correlation_id"] == "ord-1"
     assert changes[0]["event_id"] == f"chg:{event.event_id}:web"
@@ -156,10 +164,20 @@ async def test_availability_changed_carries_previous_atp_version_and_correlation
     datetime.fromisoformat(str(changes[0]["occurred_at"]))
 
 
-async def test_no_event_when_a_change_does_not_move_any_channels_atp(store: RedisStore) -> None:
+async def test_no_event_for_a_channel_whose_atp_did_not_move(store: RedisStore) -> None:
     sku = random_sku()
     await store.fold(delta(sku, Bucket.ON_HAND, 1), BOOK)  # web ATP stays 0 (safety stock 2)
-    assert await outbox_events(store, sku) == []
+    events = await outbox_events(store, sku)
+    assert [(e["channel"], e["atp"]) for e in events] == [("*", 1)]
+
+
+async def test_channels_without_a_policy_hear_of_changes_as_channel_star(
+    store: RedisStore,
+) -> None:
+    sku = random_sku()
+    await store.fold(delta(sku, Bucket.ON_HAND, 3), PolicyBook.of({}))
+    events = await outbox_events(store, sku)
+    assert [(e["channel"], e["previous_atp"], e["atp"]) for e in events] == [("*", 0, 3)]
 
 
 async def test_in_transit_is_kept_per_eta(store: RedisStore) -> None:
@@ -199,7 +217,17 @@ async def test_safety_stock_override_moves_atp_and_publishes_it(store: RedisStor
     v_same = await store.set_safety_stock(item, 0, BOOK, correlation_id="c-2", change_id="ss-2")
     v2 = await store.set_safety_stock(item, None, BOOK, correlation_id="c-3", change_id="ss-3")
     assert (v1, v_same, v2) == (2, 2, 3)
-    changes = [e for e in await outbox_events(store, sku) if e["type"] == "availability.changed"]
+    changes = await web_changes(store, sku)
     assert [(c["previous_atp"], c["atp"], c["correlation_id"]) for c in changes] == [
         (0, 8, None), (8, 10, "c-1"), (10, 8, "c-3"),
     ]  # fmt: skip
+
+
+async def test_the_first_snapshot_of_an_item_site_is_an_initial_load_not_drift(
+    store: RedisStore,
+) -> None:
+    sku = random_sku()
+    outcome = await store.fold(snapshot(sku, 1, on_hand=40, allocated=5, quarantined=0), BOOK)
+    assert (outcome.status, outcome.drift) == ("folded", None)
+    assert (await position_of(store, sku))[:3] == (40, 5, 0)
+    assert [e["type"] for e in await outbox_events(store, sku)] == ["availability.changed"] * 2

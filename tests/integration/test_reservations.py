@@ -230,6 +230,7 @@ async def test_a_reservation_emits_held_and_the_availability_it_moved(
     assert {(e["channel"], e["previous_atp"], e["atp"]) for e in changes} == {
         ("web", 10, 6),
         ("b2b", 2, 0),
+        ("*", 10, 6),  # every channel without a policy of its own
     }
     assert {e["correlation_id"] for e in changes} == {"ord-42"}
     assert {e["version"] for e in changes} == {2}

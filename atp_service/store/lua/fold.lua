@@ -107,7 +107,10 @@ else
   for bucket, qty in pairs(ev.q) do
     local folded
     if bucket == 'it' then folded = in_transit_total(pos) else folded = pos[bucket] end
-    if folded ~= qty then
+    -- A bucket nothing was ever folded into is an initial load, not a disagreement.
+    local known
+    if bucket == 'it' then known = next(pos.t) ~= nil else known = pos.raw[bucket] ~= nil end
+    if folded ~= qty and known then
       any_drift = true
       drift[BUCKET_NAMES[bucket]] = {folded = folded, snapshot = qty}
     end
