@@ -132,12 +132,13 @@ async def replay(bootstrap: str, letters: Sequence[DeadLetter]) -> tuple[int, in
 
 
 def _print_letters(letters: Sequence[DeadLetter], out: TextIO) -> None:
+    """One tab-separated line each: where, when, code, origin, original key, detail."""
     for letter in letters:
         rec = letter.record
         out.write(
             f"{letter.partition}:{letter.offset}\t{rec.get('dead_lettered_at', '-')}\t"
             f"{letter.code}\t{rec.get('topic')}:{rec.get('partition')}:{rec.get('offset')}\t"
-            f"{rec.get('detail', '')}\n"
+            f"{rec.get('key')}\t{rec.get('detail', '')}\n"
         )
 
 

@@ -1,0 +1,107 @@
+"""`atp dlq list|replay`: dead letters go back to their topic after a fix and fold once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from atp_service.config import Settings
+from atp_service.dlq import read_dead_letters, replay, run_dlq
+from atp_service.domain import ItemSite
+from atp_service.embedded import EmbeddedStack
+from atp_service.store import RedisStore
+from tests.integration._worker_process import WorkerProcess, eventually
+from tests.random_refs import random_event_id, random_site, random_sku
+
+pytestmark = pytest.mark.integration
+
+ERP = "erp.inventory.v1"
+# The "fix": the ERP becomes the authority for on_hand at this distributor.
+ERP_OWNS_ON_HAND = {
+    "on_hand": "erp", "allocated": "wms", "quarantined": "wms", "in_transit": "erp",
+}  # fmt: skip
+
+
+@pytest.fixture
+async def producer(stack: EmbeddedStack) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def erp_delta(sku: str, site: str, bucket: str, qty: int) -> dict[str, Any]:
+    return {
+        "schema": "inventory.delta.v1", "event_id": random_event_id("erp"), "source": "erp",
+        "occurred_at": "2026-11-23T05:00:00Z", "sku": sku, "site": site, "bucket": bucket,
+        "delta": qty,
+    }  # fmt: skip
+
+
+async def test_replaying_dead_letters_after_a_fix_folds_them_once_however_often(
+    stack: EmbeddedStack, store: RedisStore, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    sku, site = random_sku("dlq"), random_site()
+    key = f"{sku}@{site}".encode()
+    worker = WorkerProcess(stack, tmp_path)
+    worker.start()
+    try:
+        await producer.send_and_wait(
+            ERP, key=key, value=json.dumps(erp_delta(sku, site, "on_hand", 12)).encode()
+        )
+
+        async def ours() -> list[Any]:
+            letters = await read_dead_letters(stack.bootstrap, code="not_authoritative")
+            return [x for x in letters if sku in str(x.record.get("value"))]
+
+        async def dead_lettered() -> bool:
+            return len(await ours()) == 1
+
+        await eventually(dead_lettered, worker)
+    finally:
+        worker.stop()
+
+    listing = io.StringIO()
+    settings = Settings(kafka_brokers=[stack.bootstrap])
+    code = await asyncio.to_thread(
+        run_dlq, settings, "list", code="not_authoritative", out=listing
+    )
+    assert code == 0 and sku in listing.getvalue()
+
+    # The fix: the same consumer group restarts with the corrected authority map.
+    fixed = WorkerProcess(stack, tmp_path, app_id=worker.app_id)
+    fixed.env["ATP_AUTHORITY"] = json.dumps(ERP_OWNS_ON_HAND)
+    fixed.start()
+    try:
+        letters = await ours()
+        assert await replay(stack.bootstrap, letters) == (1, 0)
+
+        async def folded() -> bool:
+            [pos] = await store.read_positions([ItemSite(sku, site)])
+            return pos.on_hand == 12
+
+        await eventually(folded, fixed)
+
+        assert await replay(stack.bootstrap, letters) == (1, 0)
+        # A marker behind the second replay on the same partition: once it is folded, the
+        # replay before it has been handled too.
+        await producer.send_and_wait(
+            ERP, key=key, value=json.dumps(erp_delta(sku, site, "in_transit", 1)).encode()
+        )
+
+        async def marker_folded() -> bool:
+            [pos] = await store.read_positions([ItemSite(sku, site)])
+            return pos.in_transit == 1
+
+        await eventually(marker_folded, fixed)
+    finally:
+        fixed.stop()
+    [pos] = await store.read_positions([ItemSite(sku, site)])
+    assert pos.on_hand == 12
