@@ -109,7 +109,6 @@ class PolicyBook:
         return self.policies.get(channel, DEFAULT_POLICY)
 
 
-
 @dataclass(frozen=True, slots=True)
 class FoldOutcome:
     status: str  # folded | unchanged | duplicate | stale

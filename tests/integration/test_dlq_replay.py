@@ -70,9 +70,7 @@ async def test_replaying_dead_letters_after_a_fix_folds_them_once_however_often(
 
     listing = io.StringIO()
     settings = Settings(kafka_brokers=[stack.bootstrap])
-    code = await asyncio.to_thread(
-        run_dlq, settings, "list", code="not_authoritative", out=listing
-    )
+    code = await asyncio.to_thread(run_dlq, settings, "list", code="not_authoritative", out=listing)
     assert code == 0 and sku in listing.getvalue()
 
     # The fix: the same consumer group restarts with the corrected authority map.
