@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     """JSON list of ``{"name", "key" | "key_sha256", "scopes"}``; `atp api` refuses none."""
     environment: Literal["development", "production"] = "development"
     """In production, dev keys printed by `atp up` are refused."""
+    api_max_body_bytes: int = Field(default=1_048_576, ge=1)
+    """Largest request body the API accepts (413 beyond); 1 MiB holds a 1000-item batch."""
+    api_rate_limit_per_second: float = Field(default=0.0, ge=0)
+    """Requests a second per API key (429 with ``Retry-After`` beyond); 0 turns it off.
+    Counted in each API process, so N processes let a key make N times this."""
+    api_rate_limit_burst: int = Field(default=0, ge=0)
+    """Requests a key may make at once before the rate applies; 0: the rate, rounded up."""
 
     # -- the model -----------------------------------------------------------------------
     channels_file: Path | None = None

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from atp_service.api.errors import install_error_handlers
+from atp_service.api.limits import BodyLimitMiddleware
 from atp_service.api.middleware import RequestContextMiddleware
 from atp_service.api.routes import ROUTERS
 from atp_service.api.routes.reservations import run_expiry_sweeper
@@ -68,5 +69,7 @@ def create_app(
     install_error_handlers(app, retry_after=settings.redis_retry_after_seconds)
     for router in ROUTERS:
         app.include_router(router)
+    # Inside the request context, so a 413 carries the correlation id and is timed.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -55,6 +55,8 @@ def _bearer_token(authorization: str | None) -> str | None:
 
 
 _CHALLENGE = 'Bearer realm="atp"'
+#: Set in the ASGI scope once the request has been counted by the rate limiter.
+_RATE_COUNTED = "atp.rate_counted"
 
 
 class ScopedBearer(HTTPBearer):
@@ -92,6 +94,10 @@ class ScopedBearer(HTTPBearer):
                 "the API key is not known",
                 headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
             )
+        limiter = request.app.state.atp.rate_limiter
+        if limiter is not None and _RATE_COUNTED not in request.scope:
+            request.scope[_RATE_COUNTED] = True  # one token a request, however many scopes
+            limiter.check(principal.name)
         if self.scope not in principal.scopes:
             raise ProblemError(
                 403,

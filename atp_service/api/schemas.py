@@ -164,7 +164,9 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in (
         (401, "Missing or unknown API key"),
         (403, "The key lacks the scope"),
+        (413, "The request body is over the size limit"),
         (422, "Invalid request; `errors` names each field"),
+        (429, "The API key is over its rate limit; see Retry-After"),
         (503, "The store is unreachable; see Retry-After"),
     )
 }

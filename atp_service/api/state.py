@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from atp_service.api.auth import KeyRing
+from atp_service.api.limits import rate_limiter
 from atp_service.config import EVENTS_TOPIC, Settings
 from atp_service.domain import ChannelPolicy
 from atp_service.events import KafkaPublisher, OutboxRelay, relay_consumer_name
@@ -42,6 +43,10 @@ class ApiState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keyring = KeyRing(settings.api_keys)
+        #: Per-key request budget; None when rate limiting is off (the default).
+        self.rate_limiter = rate_limiter(
+            settings.api_rate_limit_per_second, settings.api_rate_limit_burst
+        )
         self.keys = KeySpace(settings.key_groups)
         self.seed_policies: dict[str, ChannelPolicy] = settings.load_channel_policies()
         self._redis: aioredis.Redis | None = None

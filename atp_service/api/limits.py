@@ -1,0 +1,146 @@
+"""Abuse limits: a cap on request body size (pure ASGI) and per-API-key rate limiting."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from atp_service.api.errors import ProblemError, problem_response
+
+
+def _too_large_detail(max_bytes: int) -> str:
+    return f"the request body exceeds the limit of {max_bytes} bytes"
+
+
+def payload_too_large(max_bytes: int) -> HTTPException:
+    """The 413 raised while the body is read; the error handlers make it problem JSON."""
+    return HTTPException(413, _too_large_detail(max_bytes))
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` with a 413 ``payload_too_large`` problem.
+
+    A declared ``Content-Length`` over the limit is refused before the app runs and
+    before a byte of the body is read. A body without one (chunked) is counted as it is
+    received; the chunk that crosses the limit raises a 413 to whoever is reading, so
+    the app never holds more than ``max_bytes`` of it.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        max_bytes = self.max_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0  # the server refuses those; count what arrives instead
+                if declared > max_bytes:
+                    response = problem_response(
+                        413, "payload_too_large", _too_large_detail(max_bytes)
+                    )
+                    await response(scope, receive, send)
+                    return
+                break
+
+        received = 0
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > max_bytes:
+                    raise payload_too_large(max_bytes)
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except HTTPException as exc:
+            # Raised from counting_receive where no exception handler saw it (a body read
+            # outside a route); inside routes the app's handlers answer it themselves.
+            if exc.status_code != 413 or response_started:
+                raise
+            response = problem_response(413, "payload_too_large", str(exc.detail))
+            await response(scope, receive, send)
+
+
+# -- rate limiting -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """A token bucket per API key name: ``rate`` requests a second, bursts of ``burst``.
+
+    In-process: with N API processes (``--workers N`` or replicas) a key may make N times
+    ``rate``. The buckets are as many as the configured keys, so memory is bounded.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    def acquire(self, key_name: str) -> float:
+        """Take a token for ``key_name``: 0.0 if granted, else the seconds until one is."""
+        now = self._clock()
+        bucket = self._buckets.get(key_name)
+        if bucket is None:
+            bucket = self._buckets[key_name] = _Bucket(float(self.burst), now)
+        else:
+            elapsed = max(0.0, now - bucket.updated)
+            bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
+            bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / self.rate
+
+    def check(self, key_name: str) -> None:
+        """Raise a 429 ``rate_limited`` problem, with ``Retry-After``, if the key is over."""
+        wait = self.acquire(key_name)
+        if wait > 0.0:
+            retry_after = max(1, math.ceil(wait))
+            raise ProblemError(
+                429,
+                "rate_limited",
+                f"the API key {key_name!r} is over its rate limit of {self.rate:g} "
+                f"requests per second; retry after {retry_after} s",
+                title="Too Many Requests",
+                headers={"Retry-After": str(retry_after)},
+            )
+
+
+def rate_limiter(rate_per_second: float, burst: int) -> RateLimiter | None:
+    """The limiter the settings ask for; None when ``rate_per_second`` is 0 (off)."""
+    if rate_per_second <= 0:
+        return None
+    return RateLimiter(rate_per_second, burst or max(1, math.ceil(rate_per_second)))
