@@ -90,7 +90,9 @@ def atp_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "atp_service", *args]
 
 
-@pytest.fixture(scope="session")
+# Module scope: its worker consumes the shared inbound topics and writes the shared DLQ and
+# events topics, so it must be gone before other modules' tests count what lands there.
+@pytest.fixture(scope="module")
 def service(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     workdir = tmp_path_factory.mktemp("e2e-service")
     suffix = uuid.uuid4().hex[:8]

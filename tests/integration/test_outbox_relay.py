@@ -66,12 +66,16 @@ async def _published_for(stack: EmbeddedStack, sku: str, expected: int) -> list[
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
                 for r in records:
-                    if r.key == f"{sku}@DC-1".encode():
+                    if r.key == f"{sku}@DC-1".encode() and b'"channel":"web"' in r.value:
                         found.append(json.loads(r.value))
         # Read a little longer: a duplicate would show up here.
         batch = await consumer.getmany(timeout_ms=500)
         for records in batch.values():
-            found.extend(json.loads(r.value) for r in records if r.key == f"{sku}@DC-1".encode())
+            found.extend(
+                json.loads(r.value)
+                for r in records
+                if r.key == f"{sku}@DC-1".encode() and b'"channel":"web"' in r.value
+            )
     finally:
         await consumer.stop()
     return found
@@ -105,7 +109,8 @@ async def test_events_wait_in_the_outbox_while_kafka_is_down_and_go_out_once_aft
         await dead.relay_once()  # retries its own pending entries, still failing
     assert broken.attempts == 2
     stream = store.keys.item_site(sku, "DC-1").outbox
-    assert len([f for _, f in await store.redis.xrange(stream) if f["k"] == f"{sku}@DC-1"]) == 3
+    # Each receipt moved two channels: "web" and "*" (every channel without a policy).
+    assert len([f for _, f in await store.redis.xrange(stream) if f["k"] == f"{sku}@DC-1"]) == 6
 
     # The failing relay "dies"; a healthy one claims what it held once it is idle enough.
     await asyncio.sleep(0.2)
