@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     api_rate_limit_burst: int = Field(default=0, ge=0)
     """Requests a key may make at once before the rate applies; 0: the rate, rounded up."""
 
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Level of the JSON log lines; INFO writes one line per HTTP request."""
+
     # -- the model -----------------------------------------------------------------------
     channels_file: Path | None = None
     """Initial channel policies (JSON or TOML); without it every channel sells everywhere."""

@@ -15,7 +15,8 @@ correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 _STANDARD_ATTRS = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
+    | {"message", "asctime", "color_message"}  # uvicorn's ANSI-coloured copy of msg
 )
 # Never written to a log line, whatever a caller passes as `extra`.
 _SECRET_KEYS = frozenset({"authorization", "api_key", "key", "password", "token", "secret"})

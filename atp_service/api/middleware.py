@@ -11,10 +11,12 @@ from typing import Any
 from prometheus_client.metrics import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atp_service import metrics
+from atp_service import logs, metrics
 from atp_service.api.errors import internal_error
 
 log = logging.getLogger(__name__)
+#: One info line per request (method, route, status, duration), with its correlation id.
+access_log = logging.getLogger("atp.access")
 
 CORRELATION_HEADER = b"x-correlation-id"
 #: Where the request's correlation id lives in the ASGI scope (read it with ``deps``).
@@ -59,7 +61,8 @@ class RequestContextMiddleware:
                 break
         if correlation is None or _VALID_CORRELATION.fullmatch(correlation) is None:
             correlation = new_correlation_id().encode()
-        scope[CORRELATION_SCOPE_KEY] = correlation.decode()
+        scope[CORRELATION_SCOPE_KEY] = cid = correlation.decode()
+        token = logs.correlation_id.set(cid)
         status = 500
         response_started = False
 
@@ -83,4 +86,14 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or _UNMATCHED
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            self._histogram(method, template, status).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self._histogram(method, template, status).observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %d",
+                    method,
+                    template,
+                    status,
+                    extra={"status": status, "duration_ms": round(elapsed * 1000, 3)},
+                )
+            logs.correlation_id.reset(token)

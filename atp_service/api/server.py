@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
@@ -10,6 +9,7 @@ from fastapi import FastAPI
 
 from atp_service.api.app import create_app
 from atp_service.config import Settings, get_settings
+from atp_service.logs import configure_logging
 
 NO_KEYS_MESSAGE = (
     "atp api: refusing to start without API keys. Set ATP_API_KEYS to a JSON list, e.g.\n"
@@ -20,9 +20,7 @@ NO_KEYS_MESSAGE = (
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(get_settings().log_level)
 
 
 def app_from_environment() -> FastAPI:
@@ -62,6 +60,7 @@ def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
         http="httptools",
         lifespan="on",
         access_log=False,
+        log_config=None,  # keep the JSON-lines logging configured above
         server_header=False,
         backlog=2048,
         timeout_graceful_shutdown=10,
