@@ -59,3 +59,16 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
         logger.propagate = True
     # One line per request comes from the API's own middleware, not uvicorn's access log.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def json_logging_config(level: str = "INFO") -> dict[str, Any]:
+    """The same JSON lines as a ``logging.config.dictConfig`` (for faust/mode's worker)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {
+            "default": {"class": "logging.StreamHandler", "formatter": "json", "level": level}
+        },
+        "root": {"level": level, "handlers": ["default"]},
+    }

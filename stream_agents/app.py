@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 from atp_service import metrics
 from atp_service.config import DLQ_TOPIC, EVENTS_TOPIC, Settings, get_settings
 from atp_service.events import OutboxRelay, relay_consumer_name
+from atp_service.logs import json_logging_config
 from atp_service.store import KeySpace, RedisStore, connect
 from stream_agents._folding import BatchAbandoned, BatchFolder
 from stream_agents._kafka import DeadLetterTopic, LazyProducer
@@ -143,7 +144,9 @@ def run_worker(settings: Settings) -> None:
     app = create_app(settings)
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
-    worker = faust.Worker(app, loglevel="INFO")
+    worker = faust.Worker(
+        app, loglevel=settings.log_level, logging_config=json_logging_config(settings.log_level)
+    )
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
