@@ -141,6 +141,17 @@ def validation_problem(errors: Sequence[Any]) -> Response:
     )
 
 
+def body_not_json(cause: ValueError) -> Response:
+    reason = "not UTF-8" if isinstance(cause, UnicodeDecodeError) else "not readable"
+    return problem_response(
+        422,
+        "validation_error",
+        f"body: invalid JSON: {reason}",
+        title="Request validation failed",
+        extra={"errors": [{"field": "body", "message": f"invalid JSON: {reason}"}]},
+    )
+
+
 def store_unavailable(retry_after: int) -> Response:
     return problem_response(
         503,
@@ -186,6 +197,10 @@ def install_error_handlers(app: FastAPI, *, retry_after: int) -> None:
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         status = exc.status_code
+        if status == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI's answer to a body json cannot even decode (not UTF-8, ...): for the
+            # contract that is a validation error of the body, like malformed JSON.
+            return body_not_json(exc.__cause__)
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
         if status == 404 and detail == "Not Found":
             detail = f"no such resource: {request.method} {request.url.path}"

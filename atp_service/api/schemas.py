@@ -63,7 +63,17 @@ class BatchItem(TypedDict):
 
 
 class AvailabilityBatchRequest(BaseModel):
-    model_config = _STRICT_BODY
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "channel": "web",
+                    "items": [{"sku": "SKU-1001"}, {"sku": "SKU-1002", "site": "DC-EAST"}],
+                }
+            ]
+        },
+    )
 
     channel: Channel
     items: Annotated[list[BatchItem], Field(min_length=1, max_length=MAX_BATCH_ITEMS)]
@@ -79,7 +89,20 @@ class AvailabilityBatch(BaseModel):
 class ChannelPolicyBody(BaseModel):
     """A channel's whole policy; a PUT replaces it, and omitted fields take their defaults."""
 
-    model_config = _STRICT_BODY
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "sites": ["DC-EAST", "DC-WEST"],
+                    "safety_stock": 2,
+                    "share": 80,
+                    "include_in_transit": True,
+                    "in_transit_horizon_days": 7,
+                }
+            ]
+        },
+    )
 
     sites: list[SiteCode] | None = Field(
         default=None, description="Sites the channel may sell from; null: every site."
@@ -110,7 +133,22 @@ def policy_body(policy: ChannelPolicy) -> dict[str, Any]:
 
 
 class ChannelPolicyOut(ChannelPolicyBody):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "channel": "web",
+                    "sites": ["DC-EAST", "DC-WEST"],
+                    "safety_stock": 2,
+                    "share": 80,
+                    "include_in_transit": True,
+                    "in_transit_horizon_days": 7,
+                    "version": 12,
+                }
+            ]
+        },
+    )
 
     channel: str
     version: int = Field(description="Version of the whole policy set after this change.")
@@ -125,7 +163,8 @@ class ChannelPolicies(BaseModel):
 
 
 class SafetyStockBody(BaseModel):
-    model_config = _STRICT_BODY
+    # No example with null: FastAPI drops None values from the document it serves.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"safety_stock": 5}]})
 
     safety_stock: Annotated[StrictInt, Field(ge=0, le=MAX_QUANTITY)] | None = Field(
         description="Units held back at this item-site for every channel; null clears "
@@ -169,4 +208,14 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         (429, "The API key is over its rate limit; see Retry-After"),
         (503, "The store is unreachable; see Retry-After"),
     )
+}
+
+#: For routes with path parameters: a value that breaks the path (a line break, say)
+#: matches no route, and no route is a 404.
+UNROUTABLE_PATH: dict[int | str, dict[str, Any]] = {
+    404: {
+        "model": Problem,
+        "content": {"application/problem+json": {}},
+        "description": "A path parameter made the path match no route",
+    }
 }

@@ -13,6 +13,7 @@ from atp_service.api.schemas import (
     PROBLEM_RESPONSES,
     SITE_REGEX,
     SKU_REGEX,
+    UNROUTABLE_PATH,
     ChannelPolicies,
     ChannelPolicyBody,
     ChannelPolicyOut,
@@ -44,6 +45,7 @@ async def get_channel_policies(state: StateDep, _: Admin) -> dict[str, Any]:
 
 @router.put(
     "/v1/policies/channels/{channel}",
+    responses=UNROUTABLE_PATH,
     response_model=ChannelPolicyOut,
     summary="Replace a channel's policy",
     description="The body is the whole policy; omitted fields take their defaults. It "
@@ -67,6 +69,7 @@ async def put_channel_policy(
 
 @router.put(
     "/v1/safety-stock/{sku:path}/{site}",
+    responses=UNROUTABLE_PATH,
     response_model=SafetyStockOut,
     summary="Set or clear the safety-stock override of one item-site",
     description="The override beats every channel's safety stock. Each channel whose "

@@ -20,6 +20,7 @@ from atp_service.api.schemas import (
     PROBLEM_RESPONSES,
     SITE_REGEX,
     SKU_REGEX,
+    UNROUTABLE_PATH,
     Availability,
     AvailabilityBatch,
     AvailabilityBatchRequest,
@@ -140,6 +141,7 @@ def _mismatch(field: tuple[str, str], pattern: str) -> dict[str, Any]:
 
 @router.get(
     "/v1/availability/{sku:path}",
+    responses=UNROUTABLE_PATH,
     response_model=Availability,
     openapi_extra=_GET_OPENAPI,
     summary="ATP of one sku for a channel",

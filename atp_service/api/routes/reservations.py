@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 from atp_service.api.deps import CorrelationIdDep, ReservationsWriter, StateDep
 from atp_service.api.errors import ProblemError
-from atp_service.api.schemas import MAX_QUANTITY, Channel, SiteCode, Sku
+from atp_service.api.schemas import MAX_QUANTITY, PROBLEM_RESPONSES, Channel, SiteCode, Sku
 from atp_service.api.state import ApiState
 from atp_service.domain.reservations import (
     DEFAULT_TTL_SECONDS,
@@ -33,7 +33,7 @@ from atp_service.domain.reservations import (
 )
 from atp_service.store.reservations import ExpirySweeper, ReservationStore
 
-router = APIRouter(prefix="/v1/reservations", tags=["reservations"])
+router = APIRouter(prefix="/v1/reservations", tags=["reservations"], responses=PROBLEM_RESPONSES)
 
 _STRICT_BODY = ConfigDict(extra="forbid")
 _RESERVATION_ID = re.compile(r"res_[0-9a-f]{32}")
@@ -51,7 +51,23 @@ class ReservationLineIn(BaseModel):
 
 
 class ReservationIn(BaseModel):
-    model_config = _STRICT_BODY
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "channel": "web",
+                    "order_ref": "ORD-88121",
+                    "ttl_seconds": 900,
+                    "mode": "all_or_nothing",
+                    "lines": [
+                        {"sku": "SKU-1001", "site": "DC-EAST", "qty": 2},
+                        {"sku": "SKU-1002", "site": "DC-EAST", "qty": 1},
+                    ],
+                }
+            ]
+        },
+    )
 
     channel: Channel
     order_ref: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
