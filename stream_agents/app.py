@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from mode.types.signals import BaseSignalT
 from prometheus_client import start_http_server
 
@@ -102,9 +103,29 @@ class WorkerRuntime:
             await self.redis.aclose()
 
 
+def _limit_fetch_wait(max_wait_ms: int) -> None:
+    """Make Faust's worker consumer ask the broker to answer fetches within ``max_wait_ms``.
+
+    faust-streaming 0.15 passes ``fetch_max_wait_ms=1500`` to aiokafka with no setting to
+    change it; aiokafka reads the attribute when the consumer starts, after creation.
+    """
+    original = getattr(AIOKafkaConsumerThread, "_atp_original_create", None)
+    if original is None:
+        original = AIOKafkaConsumerThread._create_worker_consumer
+        setattr(AIOKafkaConsumerThread, "_atp_original_create", original)  # noqa: B010
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms
+        return consumer
+
+    setattr(AIOKafkaConsumerThread, "_create_worker_consumer", create)  # noqa: B010
+
+
 def create_app(settings: Settings | None = None) -> faust.App:
     """The worker's Faust app: agents, relay and timers wired to clients built from settings."""
     settings = settings or get_settings()
+    _limit_fetch_wait(settings.worker_fetch_max_wait_ms)
     datadir = Path(tempfile.gettempdir()) / "atp-worker" / settings.worker_app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust makes the last level itself
     app = faust.App(
