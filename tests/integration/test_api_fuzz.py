@@ -6,6 +6,8 @@ this module alone, so the policies the fuzzer writes touch no other test's data.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -16,18 +18,24 @@ import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode, checks
 
 from atp_service.api.app import create_app
 from atp_service.config import ApiKeySpec, Settings
+from atp_service.domain import Bucket, InventoryDelta, Source
 from atp_service.embedded import LOOPBACK, free_port, redis_process
+from atp_service.store import KeySpace, PolicyBook, RedisStore, connect
+from tests.random_refs import random_event_id, random_site, random_sku
 
 pytestmark = pytest.mark.integration
 
 FUZZ_KEY = "fuzz-all-scopes-key"
 HEADERS = {"Authorization": f"Bearer {FUZZ_KEY}"}
 #: Examples per operation and mode: 20 runs of a dozen operations, about half a minute.
-MAX_EXAMPLES = 120
+#: ``ATP_FUZZ_EXAMPLES=2000`` fuzzes longer by hand.
+MAX_EXAMPLES = int(os.environ.get("ATP_FUZZ_EXAMPLES", "120"))
+RESERVATIONS = 5
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,
@@ -97,15 +105,19 @@ def fuzz_cases() -> list[tuple[str, str, GenerationMode]]:
 
 
 @pytest.fixture(scope="module")
-def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def fuzz_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     redis = redis_process(free_port(), tmp_path_factory.mktemp("fuzz-redis") / "redis")
     redis.start()
     try:
-        app = create_app(fuzz_settings(f"redis://{LOOPBACK}:{redis.port}/0"), relay=False)
-        with ThreadedServer(app) as server:
-            yield server.url
+        yield f"redis://{LOOPBACK}:{redis.port}/0"
     finally:
         redis.stop()
+
+
+@pytest.fixture(scope="module")
+def api_url(fuzz_redis_url: str) -> Iterator[str]:
+    with ThreadedServer(create_app(fuzz_settings(fuzz_redis_url), relay=False)) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -113,17 +125,62 @@ def api_schema(api_url: str) -> Any:
     return schemathesis.openapi.from_url(f"{api_url}/openapi.json")
 
 
+@pytest.fixture(scope="module")
+def reservation_ids(api_url: str, fuzz_redis_url: str) -> list[str]:
+    """Reservations that exist, so reading, confirming and releasing reach past a 404."""
+    sku, site = random_sku(), random_site()
+
+    async def receive_stock() -> None:
+        client = connect(fuzz_redis_url, timeout=2.0, max_connections=2)
+        try:
+            store = RedisStore(client, KeySpace(16), dedup_window_seconds=86_400)
+            delta = InventoryDelta(
+                random_event_id(),
+                Source.WMS,
+                sku,
+                site,
+                Bucket.ON_HAND,
+                1000,
+                "2026-11-23T05:00:00Z",
+            )
+            await store.fold_many([delta], PolicyBook.of({}))
+        finally:
+            await client.aclose()
+
+    asyncio.run(receive_stock())
+    ids = []
+    for n in range(RESERVATIONS):
+        placed = httpx.post(
+            f"{api_url}/v1/reservations",
+            json={"channel": "web", "lines": [{"sku": sku, "site": site, "qty": 1}]},
+            headers={**HEADERS, "Idempotency-Key": f"fuzz-seed-{n}"},
+        )
+        assert placed.status_code == 201, placed.text
+        ids.append(placed.json()["reservation_id"])
+    return ids
+
+
 @pytest.mark.parametrize(
     ("method", "path", "mode"),
     [pytest.param(*case, id=f"{case[0]} {case[1]} {case[2].value}") for case in fuzz_cases()],
 )
 def test_the_api_answers_every_generated_request_as_documented(
-    api_schema: Any, method: str, path: str, mode: GenerationMode
+    api_schema: Any, reservation_ids: list[str], method: str, path: str, mode: GenerationMode
 ) -> None:
     """Positive cases follow the schema; negative ones break it, and must be a 4xx."""
     operation = api_schema[path][method]
+    strategy = operation.as_strategy(generation_mode=mode)
+    if "{reservation_id}" in path and mode is GenerationMode.POSITIVE:
+        # Random ids are all unknown: mix in reservations that exist.
+        strategy = st.one_of(
+            strategy,
+            *(
+                operation.as_strategy(generation_mode=mode, path_parameters={"reservation_id": i})
+                for i in reservation_ids
+            ),
+        )
 
-    @given(case=operation.as_strategy(generation_mode=mode))
+    @given(case=strategy)
     @settings(
         max_examples=MAX_EXAMPLES,
         deadline=None,
