@@ -174,7 +174,12 @@ class BatchFolder:
             try:
                 outcomes.append(await self._retry("fold", fold_one, redis_is_down, "redis"))
             except ResponseError as exc:
-                log.error("fold refused %s: %s", event.event_id, exc)
+                log.error(
+                    "fold refused %s: %s",
+                    event.event_id,
+                    exc,
+                    extra={"correlation_id": event.correlation_id, "event_id": event.event_id},
+                )
                 outcomes.append(None)
                 failed.append(Rejected(message, "fold_failed", str(exc)))
         return outcomes, failed
