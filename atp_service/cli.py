@@ -336,7 +336,7 @@ def log_tail(path: Path, lines: int = 20) -> str:
     return "\n".join(f"  | {line}" for line in shown)
 
 
-def _get_status(url: str, timeout: float = 1.0) -> int:
+def http_status(url: str, timeout: float = 1.0) -> int:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return int(response.status)
@@ -451,7 +451,7 @@ class Up:
         )
         ready_url = f"http://{LOOPBACK}:{args.api_port}/readyz"
         deadline = time.monotonic() + args.ready_timeout
-        while _get_status(ready_url) != 200:
+        while http_status(ready_url) != 200:
             if self.stopping:
                 return 0
             if (failed := self._first_dead(stack)) is not None:

@@ -6,6 +6,7 @@ import asyncio
 import re
 import uuid
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path
@@ -262,6 +263,24 @@ async def get_reservation(
     return JSONResponse(reservation_body(reservation))
 
 
+async def _transition(
+    action: Callable[..., Awaitable[Reservation]],
+    reservation_id: str,
+    state: ApiState,
+    correlation_id: str,
+) -> JSONResponse:
+    """Confirm or release: the same checks and answers, a different store call."""
+    _known_form(reservation_id)
+    book = await state.ensure_policies()
+    try:
+        reservation = await action(reservation_id, correlation_id=correlation_id, book=book)
+    except ReservationNotFound as exc:
+        raise _not_found(exc) from None
+    except InvalidTransition as exc:
+        raise _invalid(exc) from None
+    return JSONResponse(reservation_body(reservation))
+
+
 @router.post(
     "/{reservation_id}/confirm",
     response_model=ReservationOut,
@@ -274,17 +293,7 @@ async def confirm_reservation(
     reservations: ReservationsDep,
     correlation_id: CorrelationIdDep,
 ) -> JSONResponse:
-    _known_form(reservation_id)
-    book = await state.ensure_policies()
-    try:
-        reservation = await reservations.confirm(
-            reservation_id, correlation_id=correlation_id, book=book
-        )
-    except ReservationNotFound as exc:
-        raise _not_found(exc) from None
-    except InvalidTransition as exc:
-        raise _invalid(exc) from None
-    return JSONResponse(reservation_body(reservation))
+    return await _transition(reservations.confirm, reservation_id, state, correlation_id)
 
 
 @router.post(
@@ -299,17 +308,7 @@ async def release_reservation(
     reservations: ReservationsDep,
     correlation_id: CorrelationIdDep,
 ) -> JSONResponse:
-    _known_form(reservation_id)
-    book = await state.ensure_policies()
-    try:
-        reservation = await reservations.release(
-            reservation_id, correlation_id=correlation_id, book=book
-        )
-    except ReservationNotFound as exc:
-        raise _not_found(exc) from None
-    except InvalidTransition as exc:
-        raise _invalid(exc) from None
-    return JSONResponse(reservation_body(reservation))
+    return await _transition(reservations.release, reservation_id, state, correlation_id)
 
 
 def _known_form(reservation_id: str) -> None:
