@@ -101,6 +101,15 @@ class Settings(BaseSettings):
     redis_retry_after_seconds: int = Field(default=1, ge=1)
     """``Retry-After`` sent with a 503 when Redis is unreachable."""
 
+    # -- API read path -------------------------------------------------------------------
+    api_position_copy_entries: int = Field(default=500_000, ge=0)
+    """Item-site positions each API process keeps in memory for reads, kept current by the
+    changes Redis pushes (about 300 bytes each); 0 reads every position from Redis.
+    Reservations are always decided on Redis itself."""
+    api_position_copy_max_staleness_seconds: float = Field(default=1.0, gt=0)
+    """When the change channel has been silent this long (it is pinged five times a second),
+    reads bypass the in-process copy and go to Redis until it is heard from again."""
+
     # -- stream worker -------------------------------------------------------------------
     worker_app_id: str = "atp-worker"
     """Faust app id, also the Kafka consumer group."""

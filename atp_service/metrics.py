@@ -43,3 +43,19 @@ RESERVATION_AUDIT_MISMATCHES = Gauge(
     "atp_reservation_audit_mismatches",
     "Item-sites whose reserved units differ from their active reservation lines (last audit).",
 )
+POSITION_READS = Counter(
+    "atp_position_reads_total",
+    "Item-site positions read by the API, by where they came from (copy: the in-process copy "
+    "kept current by pushed changes; redis: read from Redis).",
+    ["source"],
+)
+POSITION_PUSH_LAG = Histogram(
+    "atp_position_push_lag_seconds",
+    "From a position change in Redis to its arrival in an API process's in-process copy.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+POSITION_COPY_DROPS = Counter(
+    "atp_position_copy_drops_total",
+    "Times an API process dropped its in-process copy of positions (resubscribed, or nothing "
+    "heard on the change channel within the staleness bound).",
+)

@@ -22,6 +22,7 @@ from atp_service.config import EVENTS_TOPIC, Settings
 from atp_service.domain import ChannelPolicy
 from atp_service.events import KafkaPublisher, OutboxRelay, relay_consumer_name
 from atp_service.store import KeySpace, PolicyBook, RedisStore, StoreUnavailable
+from atp_service.store.position_cache import PositionCache
 from atp_service.store.redis_store import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class ApiState:
         self.seed_policies: dict[str, ChannelPolicy] = settings.load_channel_policies()
         self._redis: aioredis.Redis | None = None
         self._store: RedisStore | None = None
+        self._positions: PositionCache | None = None
         #: The channel policies in force, refreshed in the background; replaced, never mutated.
         self.book = PolicyBook.of({})
         self.policies_loaded = False
@@ -71,6 +73,12 @@ class ApiState:
         self._store = RedisStore(
             client, self.keys, dedup_window_seconds=self.settings.dedup_window_seconds
         )
+        self._positions = PositionCache(
+            client,
+            self._store,
+            max_entries=self.settings.api_position_copy_entries,
+            max_staleness_seconds=self.settings.api_position_copy_max_staleness_seconds,
+        )
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -83,6 +91,13 @@ class ApiState:
         if self._store is None:
             raise RuntimeError("the app's lifespan has not started")
         return self._store
+
+    @property
+    def positions(self) -> PositionCache:
+        """The read path's positions (the in-process copy, or Redis when it is not current)."""
+        if self._positions is None:
+            raise RuntimeError("the app's lifespan has not started")
+        return self._positions
 
     # -- policies and sites --------------------------------------------------------------
 
@@ -187,6 +202,8 @@ class ApiState:
 
     def start_background(self, tasks: list[BackgroundTask], *, relay: bool) -> None:
         self.start_task("atp-policy-refresh", self._refresh_forever(self.stop))
+        if self.settings.api_position_copy_entries:
+            self.start_task("atp-position-copy", self.positions.run(self.stop))
         if relay:
             self.start_task("atp-outbox-relay", self._relay_forever(self.stop))
         for run in tasks:

@@ -248,7 +248,7 @@ async def test_a_paused_redis_gets_503s_not_hangs_and_the_api_recovers_by_itself
     api_on_own_redis: ApiProcess, own_redis: ManagedProcess, own_redis_url: str
 ) -> None:
     api = api_on_own_redis
-    sku, site = random_sku(), random_site()
+    sku, site, cold_sku = random_sku(), random_site(), random_sku()
     await receive(own_redis_url, sku, site, 9)
     path = f"/v1/availability/{sku}"
     params = {"channel": "web", "site": site}
@@ -259,19 +259,27 @@ async def test_a_paused_redis_gets_503s_not_hangs_and_the_api_recovers_by_itself
         async with api.client() as client:
             started = time.monotonic()
             burst = await asyncio.gather(
-                *(client.get(path, params=params, headers=READER) for _ in range(80))
+                *(
+                    client.get(f"/v1/availability/{cold_sku}", params=params, headers=READER)
+                    for _ in range(80)
+                )
             )
             print(
                 f"80 requests against a paused Redis answered in {time.monotonic() - started:.2f}s"
             )
             ready = await client.get("/readyz")
             health = await client.get("/healthz")
+            # What the in-process copy holds is served only within its staleness bound
+            # (ATP_API_POSITION_COPY_MAX_STALENESS_SECONDS, 1 s); past it, Redis is asked.
+            await asyncio.sleep(1.5)
+            copied = await client.get(path, params=params, headers=READER)
     finally:
         own_redis.signal(signal.SIGCONT)
 
     for response in burst:
         assert_store_unavailable(response)
     assert_store_unavailable(ready)
+    assert_store_unavailable(copied)
     assert health.status_code == 200
     pid = api.proc.pid
     recovered = await until_status(api, path, 200, params=params, headers=READER)

@@ -84,7 +84,7 @@ async def availability(
         sites: Sequence[str] = channel_sites if site is None else (site,)
         plan.append((sku, sites))
         wanted.extend([ItemSite(sku, s) for s in sites])
-    positions = await state.store.read_positions(wanted) if wanted else []
+    positions = await state.positions.read(wanted) if wanted else []
     today = utc_today()
     answers: list[dict[str, Any]] = []
     i = 0

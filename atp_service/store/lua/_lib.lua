@@ -92,6 +92,17 @@ local function channel_atps(pos, policies, site, today)
   return out
 end
 
+-- Publish an item-site's position after a change, for the API processes' in-process copies
+-- (atp_service/store/position_cache.py parses it; the channel is keys.CHANGES_CHANNEL):
+-- "<sku>@<site> <version> <as_of ms> <oh> <al> <qu> <rs> <ss or -> [<eta day or ->:<qty> ...]".
+local function announce(sku, site, pos)
+  local parts = {sku .. '@' .. site, pos.v, pos.ts, pos.oh, pos.al, pos.qu, pos.rs, pos.ss or '-'}
+  for eta, qty in pairs(pos.t) do
+    if qty ~= 0 then parts[#parts + 1] = eta .. ':' .. qty end
+  end
+  redis.call('PUBLISH', 'atp:changes', table.concat(parts, ' '))
+end
+
 -- XADD one outbound event; the value is the final JSON the relay publishes as is.
 local function emit(outbox, key, event)
   redis.call('XADD', outbox, '*', 'k', key, 'v', cjson.encode(event))

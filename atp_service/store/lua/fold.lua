@@ -156,6 +156,8 @@ end
 
 local version = redis.call('HINCRBY', pos_key, 'v', 1)
 redis.call('HSET', pos_key, 'ts', ms)
+pos.v, pos.ts = version, ms
+announce(ev.sku, ev.site, pos)
 local after = channel_atps(pos, policies, ev.site, today)
 local n = emit_changes(outbox, before, after, ev.sku, ev.site, version, ms, ev.id, ev.corr)
 return {'folded', version, n, drift_json}

@@ -65,6 +65,8 @@ for i, line in ipairs(req.lines) do
     pos.rs = pos.rs + grant
     redis.call('HSET', pos_key, 'rs', pos.rs, 'ts', ms)
     local version = redis.call('HINCRBY', pos_key, 'v', 1)
+    pos.v, pos.ts = version, ms
+    announce(line.s, line.t, pos)
     local after = channel_atps(pos, policies, line.t, today)
     emit_changes(KEYS[4 + 2 * i], before, after, line.s, line.t, version, ms,
       req.id .. ':held:' .. i, corr)

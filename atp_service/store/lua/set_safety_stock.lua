@@ -24,6 +24,8 @@ end
 pos.ss = wanted
 local version = redis.call('HINCRBY', pos_key, 'v', 1)
 redis.call('HSET', pos_key, 'ts', ms)
+pos.v, pos.ts = version, ms
+announce(sku, site, pos)
 local after = channel_atps(pos, policies, site, today)
 emit_changes(outbox, before, after, sku, site, version, ms, ARGV[5], ARGV[6])
 return version

@@ -62,6 +62,8 @@ local function finish(status, event_corr)
       pos.rs = pos.rs - give
       redis.call('HSET', pos_key, 'rs', pos.rs, 'ts', ms)
       local version = redis.call('HINCRBY', pos_key, 'v', 1)
+      pos.v, pos.ts = version, ms
+      announce(line.s, line.t, pos)
       local after = channel_atps(pos, policies, line.t, today)
       emit_changes(KEYS[3 + 2 * i], before, after, line.s, line.t, version, ms,
         rid .. ':' .. status .. ':' .. i, event_corr)

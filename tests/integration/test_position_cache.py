@@ -1,0 +1,147 @@
+"""The in-process copy on a real redis-server: every script's change reaches it; outages drop it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date
+
+import pytest
+import redis.asyncio as aioredis
+
+from atp_service.domain import (
+    Bucket,
+    InventoryDelta,
+    InventorySnapshot,
+    ItemSite,
+    ItemSitePosition,
+    Source,
+)
+from atp_service.domain.reservations import LineRequest, ReservationRequest
+from atp_service.embedded import ManagedProcess
+from atp_service.store import KeySpace, PolicyBook, RedisStore, connect
+from atp_service.store.position_cache import PositionCache
+from atp_service.store.reservations import ReservationStore
+from tests.random_refs import random_event_id, random_site, random_sku
+
+pytestmark = pytest.mark.integration
+
+NOW = "2026-11-23T05:00:00Z"
+OPEN = PolicyBook.of({})
+
+
+async def running(cache: PositionCache, stop: asyncio.Event) -> asyncio.Task[None]:
+    task = asyncio.create_task(cache.run(stop))
+    deadline = time.monotonic() + 5
+    while not cache.current:
+        assert time.monotonic() < deadline, "the copy never subscribed"
+        await asyncio.sleep(0.01)
+    return task
+
+
+@pytest.fixture
+async def cache(store: RedisStore, redis_client: aioredis.Redis) -> AsyncIterator[PositionCache]:
+    copy = PositionCache(redis_client, store, max_entries=10_000)
+    stop = asyncio.Event()
+    task = await running(copy, stop)
+    yield copy
+    stop.set()
+    await task
+
+
+async def agrees_with_redis(cache: PositionCache, store: RedisStore, item: ItemSite) -> None:
+    """The copy shows what Redis holds, soon (it is pushed, not polled)."""
+    [truth] = await store.read_positions([item])
+    deadline = time.monotonic() + 2
+    while True:
+        [seen] = await cache.read([item])
+        if seen == truth:
+            return
+        assert time.monotonic() < deadline, f"copy {seen} != redis {truth}"
+        await asyncio.sleep(0.005)
+
+
+def delta(sku: str, site: str, bucket: Bucket, qty: int, **kw: object) -> InventoryDelta:
+    source = Source.ERP if bucket is Bucket.IN_TRANSIT else Source.WMS
+    return InventoryDelta(random_event_id(), source, sku, site, bucket, qty, NOW, **kw)  # type: ignore[arg-type]
+
+
+async def test_every_kind_of_change_reaches_the_copy(
+    cache: PositionCache, store: RedisStore
+) -> None:
+    sku, site = random_sku(), random_site()
+    item = ItemSite(sku, site)
+    reservations = ReservationStore(store, idempotency_ttl_seconds=86_400)
+    [empty] = await cache.read([item])  # cached while unknown: all zeros
+    assert empty == ItemSitePosition()
+
+    await store.fold(delta(sku, site, Bucket.ON_HAND, 40), OPEN)
+    await agrees_with_redis(cache, store, item)
+    await store.fold(delta(sku, site, Bucket.IN_TRANSIT, 12, eta=date(2026, 12, 24)), OPEN)
+    await store.fold(delta(sku, site, Bucket.IN_TRANSIT, 3), OPEN)  # no ETA
+    await agrees_with_redis(cache, store, item)
+    snapshot = InventorySnapshot(
+        random_event_id(), Source.WMS, sku, site,
+        {Bucket.ON_HAND: 30, Bucket.ALLOCATED: 4, Bucket.QUARANTINED: 1}, NOW,
+    )  # fmt: skip
+    await store.fold(snapshot, OPEN)
+    await agrees_with_redis(cache, store, item)
+    await store.set_safety_stock(item, 5, OPEN, correlation_id="c", change_id=uuid.uuid4().hex)
+    await agrees_with_redis(cache, store, item)
+
+    def request(qty: int) -> ReservationRequest:
+        return ReservationRequest("web", (LineRequest(sku, site, qty),))
+
+    async def reserve(qty: int) -> str:
+        rid = f"res_{uuid.uuid4().hex}"
+        await reservations.reserve(
+            request(qty), reservation_id=rid, principal="oms",
+            idempotency_key_value=uuid.uuid4().hex, correlation_id="c", book=OPEN,
+        )  # fmt: skip
+        return rid
+
+    held = await reserve(3)
+    await agrees_with_redis(cache, store, item)
+    await reservations.release(held, correlation_id="c", book=OPEN)
+    await agrees_with_redis(cache, store, item)
+    consumed = await reserve(2)
+    await reservations.confirm(consumed, correlation_id="c", book=OPEN)
+    await store.fold(delta(sku, site, Bucket.ALLOCATED, 2, reservation_id=consumed), OPEN)
+    await agrees_with_redis(cache, store, item)
+    [pos] = await cache.read([item])
+    assert (pos.reserved, pos.allocated, pos.safety_stock_override) == (0, 6, 5)
+
+
+async def test_a_redis_restart_drops_the_copy_and_reads_come_from_the_new_redis(
+    own_redis: ManagedProcess,
+) -> None:
+    client = connect(f"redis://127.0.0.1:{own_redis.port}/0", timeout=0.5, max_connections=8)
+    store = RedisStore(client, KeySpace(16), dedup_window_seconds=86_400)
+    cache = PositionCache(client, store, max_entries=1000, max_staleness_seconds=0.5)
+    stop = asyncio.Event()
+    task = await running(cache, stop)
+    item = ItemSite(random_sku(), random_site())
+    try:
+        await store.fold(delta(item.sku, item.site, Bucket.ON_HAND, 9), OPEN)
+        await agrees_with_redis(cache, store, item)
+        own_redis.stop()  # no persistence: it comes back empty
+        own_redis.start()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                [pos] = await cache.read([item])
+                if pos.on_hand == 0:
+                    break
+            except Exception:  # refused while Redis is down: the API answers 503 then
+                pass
+            assert time.monotonic() < deadline, "the copy kept serving the lost position"
+            await asyncio.sleep(0.05)
+        await store.fold(delta(item.sku, item.site, Bucket.ON_HAND, 4), OPEN)
+        await agrees_with_redis(cache, store, item)
+        assert cache.current
+    finally:
+        stop.set()
+        await task
+        await client.aclose()
