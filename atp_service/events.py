@@ -16,7 +16,9 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
+
+from aiokafka.partitioner import murmur2
 
 from atp_service import metrics
 from atp_service.store import OutboxEntry, RedisStore
@@ -41,16 +43,58 @@ class Publisher(Protocol):
 
 
 class KafkaPublisher:
-    """A Publisher over an aiokafka producer the caller started (acks=all)."""
+    """A Publisher over an aiokafka producer the caller started (acks=all).
 
-    def __init__(self, producer: object) -> None:
-        self._producer = producer
+    Messages go out as one record batch per partition (``create_batch``/``send_batch``)
+    rather than one ``send()`` each, which costs about a third of the CPU; the partition of
+    a key is the one Kafka's default partitioner picks (murmur2, as the Java client), and is
+    remembered, since the same item-sites come back again and again.
+    """
+
+    def __init__(self, producer: Any, *, remembered_keys: int = 200_000) -> None:
+        self.producer = producer
+        self._remembered_keys = remembered_keys
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_of: dict[tuple[str, bytes], int] = {}
+
+    async def _partition_table(self, topic: str) -> list[int]:
+        known = sorted(await self.producer.partitions_for(topic))
+        if self._partitions.get(topic) != known:  # first use, or partitions were added
+            self._partitions[topic] = known
+            self._partition_of = {k: p for k, p in self._partition_of.items() if k[0] != topic}
+        return known
+
+    def _partition(self, topic: str, key: bytes, partitions: list[int]) -> int:
+        remembered = self._partition_of.get((topic, key))
+        if remembered is None:
+            remembered = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            if len(self._partition_of) >= self._remembered_keys:
+                self._partition_of.clear()
+            self._partition_of[(topic, key)] = remembered
+        return remembered
 
     async def publish(self, topic: str, messages: Sequence[tuple[str, str]]) -> None:
-        futures = [
-            await self._producer.send(topic, key=key.encode(), value=value.encode())  # type: ignore[attr-defined]
-            for key, value in messages
-        ]
+        partitions = await self._partition_table(topic)
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value in messages:
+            encoded = key.encode()
+            by_partition.setdefault(self._partition(topic, encoded, partitions), []).append(
+                (encoded, value.encode())
+            )
+        producer = self.producer
+        futures = []
+        for partition, records in by_partition.items():
+            batch = producer.create_batch()
+            for key_bytes, value_bytes in records:
+                if batch.append(key=key_bytes, value=value_bytes, timestamp=None) is not None:
+                    continue
+                # Full: send it and start another (an empty batch takes any first record).
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key_bytes, value=value_bytes, timestamp=None)
+            if batch.record_count():
+                batch.close()
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 
 

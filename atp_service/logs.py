@@ -9,6 +9,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 #: The correlation id of the HTTP request or inbound event being handled, if any.
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "correlation_id", default=None
@@ -23,11 +25,27 @@ _SECRET_KEYS = frozenset({"authorization", "api_key", "key", "password", "token"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, correlation_id, extras."""
+    """One JSON object per line: time, level, logger, message, correlation_id, extras.
+
+    Written once per HTTP request, so it is kept cheap: the second of the timestamp is
+    formatted once per second, and orjson encodes the line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": self._timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -41,7 +59,10 @@ class JsonFormatter(logging.Formatter):
             line[name] = "[redacted]" if name.lower() in _SECRET_KEYS else value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, separators=(",", ":"))
+        try:
+            return orjson.dumps(line, default=str).decode()
+        except TypeError:  # e.g. an int beyond 64 bits among the extras
+            return json.dumps(line, default=str, separators=(",", ":"))
 
 
 def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:

@@ -19,6 +19,7 @@ class LazyProducer:
         self._client_id = client_id
         self._request_timeout_ms = request_timeout_ms
         self._producer: AIOKafkaProducer | None = None
+        self._publisher: KafkaPublisher | None = None
         self._lock = asyncio.Lock()
 
     async def started(self) -> AIOKafkaProducer:
@@ -41,7 +42,11 @@ class LazyProducer:
 
     async def publish(self, topic: str, messages: Sequence[tuple[str, str]]) -> None:
         """``atp_service.events.Publisher``: returns once the broker acknowledged every message."""
-        await KafkaPublisher(await self.started()).publish(topic, messages)
+        producer = await self.started()
+        publisher = self._publisher
+        if publisher is None or publisher.producer is not producer:  # kept per producer
+            publisher = self._publisher = KafkaPublisher(producer)
+        await publisher.publish(topic, messages)
 
     async def send_raw(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
         """Send (key, value) bytes; returns once the broker acknowledged every record."""
