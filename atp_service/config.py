@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     redis_retry_after_seconds: int = Field(default=1, ge=1)
     """``Retry-After`` sent with a 503 when Redis is unreachable."""
 
+    api_opentelemetry: bool = False
+    """FastAPI's built-in OpenTelemetry spans, metrics and logs (providers and exporters from
+    the ``OTEL_*`` variables). Off by default: ``/metrics`` is the service's own telemetry."""
+
     # -- API read path -------------------------------------------------------------------
     api_position_copy_entries: int = Field(default=500_000, ge=0)
     """Item-site positions each API process keeps in memory for reads, kept current by the

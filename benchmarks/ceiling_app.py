@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from starlette.responses import Response
 
 from atp_service.api import server
+from atp_service.api.app import telemetry_config
 from atp_service.config import Settings, get_settings
 from atp_service.store import connect
 
@@ -68,7 +69,10 @@ def create_ceiling_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await client.aclose()
 
-    app = FastAPI(title="ATP benchmark ceilings", lifespan=lifespan)
+    # The API's framework configuration (its OpenTelemetry setting included).
+    app = FastAPI(
+        title="ATP benchmark ceilings", lifespan=lifespan, telemetry=telemetry_config(settings)
+    )
 
     @app.get("/ceiling/http")
     async def constant() -> Response:

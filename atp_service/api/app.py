@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from atp_service.api.errors import install_error_handlers
 from atp_service.api.limits import BodyLimitMiddleware
@@ -23,6 +24,17 @@ log = logging.getLogger(__name__)
 #: Tasks run beside the API for its lifetime, each ``async def task(state, stop)``;
 #: they see the connected ``ApiState`` and must return soon after ``stop`` is set.
 BACKGROUND_TASKS: list[BackgroundTask] = [run_expiry_sweeper]
+
+
+def telemetry_config(settings: Settings) -> TelemetryConfig:
+    """FastAPI's built-in OpenTelemetry, on only when asked for (``ATP_API_OPENTELEMETRY``).
+
+    Off, FastAPI skips it without asking OpenTelemetry for its providers on every request;
+    the service's own metrics are Prometheus' (``/metrics``). On, configure providers and
+    exporters as OpenTelemetry's ``OTEL_*`` variables say.
+    """
+    on = settings.api_opentelemetry
+    return {"tracing": on, "metrics": on, "logs": on, "operation_spans": on}
 
 
 def create_app(
@@ -64,6 +76,7 @@ def create_app(
         version="1.0.0",
         summary="Available-to-promise inventory: availability, reservations, policies.",
         lifespan=lifespan,
+        telemetry=telemetry_config(settings),
     )
     app.state.atp = state
     install_error_handlers(app, retry_after=settings.redis_retry_after_seconds)

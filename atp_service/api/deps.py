@@ -32,10 +32,14 @@ async def get_settings(request: Request) -> Settings:
     return state.settings
 
 
-async def get_correlation_id(request: Request) -> str:
+def correlation_id_of(request: Request) -> str:
     """The request's ``X-Correlation-ID`` (or the one generated for it); echoed in the response."""
     value = request.scope.get(CORRELATION_SCOPE_KEY)
     return value if isinstance(value, str) else new_correlation_id()
+
+
+async def get_correlation_id(request: Request) -> str:
+    return correlation_id_of(request)
 
 
 StateDep = Annotated[ApiState, Depends(get_state)]
@@ -54,6 +58,7 @@ __all__ = [
     "SettingsDep",
     "StateDep",
     "StoreDep",
+    "correlation_id_of",
     "get_correlation_id",
     "get_settings",
     "get_state",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Final
 
 DEFAULT_TTL_SECONDS: Final = 900
@@ -190,7 +191,11 @@ def grants(
     return granted
 
 
+@lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+
+
 def iso_from_ms(ms: int) -> str:
     """RFC 3339 UTC with milliseconds, the same text as ``iso8601`` in ``_lib.lua``."""
-    moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return f"{_second_text(ms // 1000)}{ms % 1000:03d}Z"

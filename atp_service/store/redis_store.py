@@ -85,6 +85,7 @@ class PolicyBook:
     policies: dict[str, ChannelPolicy]
     version: int = 0
     lua_json: str = field(default="", compare=False)
+    _channel_json: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, policies: dict[str, ChannelPolicy], version: int = 0) -> PolicyBook:
@@ -107,6 +108,15 @@ class PolicyBook:
     def policy(self, channel: str) -> ChannelPolicy:
         """A channel without a policy sells from every site with no restriction."""
         return self.policies.get(channel, DEFAULT_POLICY)
+
+    def channel_lua_json(self, channel: str) -> str:
+        """The encoding of ``{channel: its policy}`` alone (reserve.lua), made once per book."""
+        encoded = self._channel_json.get(channel)
+        if encoded is None:
+            encoded = PolicyBook.of({channel: self.policy(channel)}).lua_json
+            if len(self._channel_json) < 1024:  # channel names come from requests
+                self._channel_json[channel] = encoded
+        return encoded
 
 
 @dataclass(frozen=True, slots=True)

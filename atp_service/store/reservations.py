@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 from redis.commands.core import AsyncScript
 
 from atp_service import metrics
@@ -71,7 +71,7 @@ class AuditDifference:
 def reservation_from_fields(reservation_id: str, fields: Mapping[str, Any]) -> Reservation:
     """Decode a record hash (or the snapshot of it that reserve.lua returns)."""
     lines = fields["ln"]
-    raw_lines = json.loads(lines) if isinstance(lines, str) else lines
+    raw_lines = orjson.loads(lines) if isinstance(lines, str) else lines
     expires = fields.get("ex", "")
     order_ref = fields.get("rf", "")
     corr = fields.get("co", "")
@@ -156,19 +156,18 @@ class ReservationStore:
             "h": request.fingerprint(),
             "lines": [{"s": ln.sku, "t": ln.site, "q": ln.qty} for ln in request.lines],
         }
-        channel_policy = PolicyBook.of({request.channel: book.policy(request.channel)})
         outcome, _status, payload = await self._reserve(
             keys=script_keys,
             args=[
-                json.dumps(body, separators=(",", ":")),
-                channel_policy.lua_json,
+                orjson.dumps(body),
+                book.channel_lua_json(request.channel),
                 book.lua_json,
                 self._idempotency_ttl_ms,
             ],
         )
         if outcome == "conflict":
             raise IdempotencyConflict(idempotency_key_value)
-        decoded = json.loads(payload)
+        decoded = orjson.loads(payload)
         if "lines" in decoded:  # the 409 of this request, now or the first time
             if outcome == "insufficient":
                 metrics.RESERVATIONS.labels("rejected").inc()
@@ -227,7 +226,7 @@ class ReservationStore:
 
     def _transition_keys(self, reservation_id: str, lines_json: str) -> list[str]:
         script_keys = reservation_keys(self.keys, reservation_id).as_list()
-        for line in json.loads(lines_json):
+        for line in orjson.loads(lines_json):
             ks = self.keys.item_site(line["s"], line["t"])
             script_keys += [ks.position, ks.outbox]
         return script_keys
@@ -308,7 +307,7 @@ class ReservationStore:
                     continue
                 if not ReservationStatus(status).active:
                     continue
-                for line in json.loads(lines):
+                for line in orjson.loads(lines):
                     expected[(line["s"], line["t"])] += int(line["r"]) - int(line["a"])
         reserved: dict[tuple[str, str], int] = {}
         positions = [

@@ -34,17 +34,12 @@ from atp_service.domain import (
     is_valid_site,
     is_valid_sku,
 )
+from atp_service.domain.reservations import iso_from_ms
 
 router = APIRouter(tags=["availability"], responses=PROBLEM_RESPONSES)
 
 _DAY_MS = 86_400_000
 _read_scope = require_scope("availability:read")
-
-
-@lru_cache(maxsize=4096)
-def rfc3339(ms: int) -> str:
-    """Epoch milliseconds as ``2026-11-23T05:00:00.123Z`` (the outbound events' format)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
 @lru_cache(maxsize=4)
@@ -67,7 +62,7 @@ def _site_body(site: str, pos: ItemSitePosition, atp: int) -> dict[str, Any]:
         "reserved": pos.reserved,
         "in_transit": pos.in_transit,
         "version": pos.version,
-        "as_of": rfc3339(pos.as_of_ms) if pos.as_of_ms else None,
+        "as_of": iso_from_ms(pos.as_of_ms) if pos.as_of_ms else None,
     }
 
 
@@ -105,7 +100,7 @@ async def availability(
                 "channel": channel,
                 "atp": total,
                 "sites": bodies,
-                "as_of": rfc3339(latest) if latest else None,
+                "as_of": iso_from_ms(latest) if latest else None,
             }
         )
     return answers
