@@ -36,6 +36,7 @@ async def _run(settings: Settings) -> int:
             client,
             KeySpace(settings.key_groups),
             dedup_window_seconds=settings.dedup_window_seconds,
+            dedup_chunks=settings.dedup_chunks,
         )
         reservations = ReservationStore(
             store, idempotency_ttl_seconds=settings.idempotency_ttl_seconds

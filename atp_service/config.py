@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     """Which source owns which bucket, as JSON ``{"on_hand": "wms", ...}``."""
     dedup_window_seconds: int = Field(default=86_400, ge=86_400)
     """How long an ``event_id`` is remembered; the contract asks for at least 24 h."""
+    dedup_chunks: int = Field(default=1024, ge=1, le=1_048_576)
+    """Folded event ids are remembered as 96-bit fingerprints in small hashes: this many per
+    hash-tag group and window. Compact while each holds at most 128 (about 2 million
+    events per window with the defaults); beyond, still exact, just more bytes per event.
+    Fixed for the life of a dataset, like ``key_groups``: every worker must use the same."""
     key_groups: int = Field(default=16, ge=1, le=16_384)
     """Hash-tag groups: item-sites of one group share a Redis Cluster slot and an outbox.
     Fixed for the life of a Redis dataset."""

@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from redis.exceptions import RedisError, ResponseError
 
 from atp_service import metrics
 from atp_service.domain import Bucket, ChannelPolicy, Source
 from atp_service.store import FoldOutcome, PolicyBook, RedisStore
+from atp_service.store.redis_store import FOLD_ERROR, PreparedFold
 from stream_agents.records import DecodeError, ErrorCode, InboundEvent, dead_letter_record, decode
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,20 @@ class Rejected:
     message: InboundMessage
     code: ErrorCode
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A batch decoded and encoded for the store (``prepare``), not yet folded."""
+
+    messages: Sequence[InboundMessage]
+    good: Sequence[tuple[InboundMessage, InboundEvent]]
+    rejected: Sequence[Rejected]
+    fold: PreparedFold
+
+    @property
+    def size(self) -> int:
+        return len(self.messages)
 
 
 class DeadLetterSink(Protocol):
@@ -118,13 +133,17 @@ class BatchFolder:
 
     async def handle(self, messages: Sequence[InboundMessage]) -> None:
         """Fold or dead-letter every message; returns only when all are done (see module doc)."""
-        if not self._started:
-            await self.start()
+        await self.complete(self.prepare(messages))
+
+    def prepare(self, messages: Sequence[InboundMessage]) -> PreparedBatch:
+        """Decode (and encode for the store) without I/O: done while Redis folds the batch
+        before this one."""
         good: list[tuple[InboundMessage, InboundEvent]] = []
         rejected: list[Rejected] = []
+        authority = self.authority
         for message in messages:
             try:
-                event = decode(message.key, message.value, message.topic, self.authority)
+                event = decode(message.key, message.value, message.topic, authority)
             except DecodeError as exc:
                 rejected.append(Rejected(message, exc.code, exc.detail))
             except Exception as exc:  # a decoding bug must not stop the stream either
@@ -132,20 +151,28 @@ class BatchFolder:
                 rejected.append(Rejected(message, "internal_error", repr(exc)))
             else:
                 good.append((message, event))
-        if good:
-            rejected.extend(await self._fold(good))
+        fold = self.store.prepare_fold([event for _, event in good])
+        return PreparedBatch(messages, good, rejected, fold)
+
+    async def complete(self, batch: PreparedBatch) -> None:
+        """Fold the good events and dead-letter the rest; returns when all are done."""
+        if not self._started:
+            await self.start()
+        rejected = list(batch.rejected)
+        if batch.good:
+            rejected.extend(await self._fold(batch))
         if rejected:
             await self._dead_letter(rejected)
 
     # -- folding -----------------------------------------------------------------------------
 
-    async def _fold(self, good: Sequence[tuple[InboundMessage, InboundEvent]]) -> list[Rejected]:
-        events = [event for _, event in good]
+    async def _fold(self, batch: PreparedBatch) -> list[Rejected]:
+        good = batch.good
 
         async def fold_all() -> list[FoldOutcome]:
             await self._refresh_policies()
-            await self._register_sites(events)
-            return await self.store.fold_many(events, self.book)
+            await self._register_sites(batch.fold.sites)
+            return await self.store.fold_prepared(batch.fold, self.book)
 
         try:
             outcomes: list[FoldOutcome | None] = list(
@@ -153,12 +180,29 @@ class BatchFolder:
             )
             failed: list[Rejected] = []
         except ResponseError:
-            # One script refused its event: fold one at a time to find it. The others are
-            # folded once (those already done by the pipeline report 'duplicate').
+            # A script refused its batch as a whole: fold one event at a time to find the
+            # culprit. The others are folded once (those done already report 'duplicate').
             outcomes, failed = await self._fold_one_by_one(good)
+        counts: dict[tuple[str, str, str], int] = {}
         for (message, event), outcome in zip(good, outcomes, strict=True):
-            if outcome is not None:
-                _count_outcome(message.topic, event, outcome)
+            if outcome is None:
+                continue
+            if outcome.status == FOLD_ERROR:
+                # That event's fold raised inside the script; the others went through.
+                log.error(
+                    "fold refused %s: %s",
+                    event.event_id,
+                    outcome.error,
+                    extra={"correlation_id": event.correlation_id, "event_id": event.event_id},
+                )
+                failed.append(Rejected(message, "fold_failed", outcome.error or "fold failed"))
+                continue
+            key = (message.topic, event.source.value, outcome.status)
+            counts[key] = counts.get(key, 0) + 1
+            if outcome.drift:
+                _count_drift(outcome.drift)
+        for (topic, source, status), n in counts.items():
+            _folded_counter(topic, source, status).inc(n)
         return failed
 
     async def _fold_one_by_one(
@@ -193,8 +237,8 @@ class BatchFolder:
             log.info("channel policies now at version %d", self.book.version)
         self._next_refresh = now + self._refresh_every
 
-    async def _register_sites(self, events: Sequence[InboundEvent]) -> None:
-        new = {event.site for event in events} - self._known_sites
+    async def _register_sites(self, sites: Iterable[str]) -> None:
+        new = set(sites) - self._known_sites
         if new:
             await self.store.register_sites(sorted(new))
             self._known_sites |= new
@@ -256,13 +300,23 @@ class BatchFolder:
                 delay = min(delay * 2, self._max_backoff)
 
 
-def _count_outcome(topic: str, event: InboundEvent, outcome: FoldOutcome) -> None:
-    metrics.EVENTS_FOLDED.labels(topic, event.source.value, outcome.status).inc()
-    if outcome.drift:
-        for bucket, values in outcome.drift.get("buckets", {}).items():
-            metrics.DRIFT_EVENTS.labels(bucket).inc()
-            folded, snapshot = values.get("folded", 0), values.get("snapshot", 0)
-            metrics.DRIFT_UNITS.labels(bucket).inc(abs(int(snapshot) - int(folded)))
+_FOLDED_COUNTERS: dict[tuple[str, str, str], Any] = {}
+
+
+def _folded_counter(topic: str, source: str, status: str) -> Any:
+    counter = _FOLDED_COUNTERS.get((topic, source, status))
+    if counter is None:
+        counter = _FOLDED_COUNTERS[(topic, source, status)] = metrics.EVENTS_FOLDED.labels(
+            topic, source, status
+        )
+    return counter
+
+
+def _count_drift(drift: Mapping[str, Any]) -> None:
+    for bucket, values in drift.get("buckets", {}).items():
+        metrics.DRIFT_EVENTS.labels(bucket).inc()
+        folded, snapshot = values.get("folded", 0), values.get("snapshot", 0)
+        metrics.DRIFT_UNITS.labels(bucket).inc(abs(int(snapshot) - int(folded)))
 
 
 __all__ = [
@@ -270,5 +324,6 @@ __all__ = [
     "BatchFolder",
     "DeadLetterSink",
     "InboundMessage",
+    "PreparedBatch",
     "Rejected",
 ]

@@ -1,6 +1,6 @@
 """The Faust app of the stream worker, built from Settings; `run_worker` is `atp worker`.
 
-One process holds: the fold agents (one per inbound topic), the outbox relay that moves
+One process holds: the inbound agent (agents.py), the outbox relay that moves
 what the folds wrote to ``atp.events.v1``, and (optionally) a Prometheus /metrics server.
 Redis and Kafka clients are built here and nowhere else in the worker.
 """
@@ -15,18 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.app.base import BootStrategy
 from mode.types.signals import BaseSignalT
 from prometheus_client import start_http_server
 
 from atp_service import metrics
-from atp_service.config import DLQ_TOPIC, EVENTS_TOPIC, Settings, get_settings
+from atp_service.config import DLQ_TOPIC, EVENTS_TOPIC, INBOUND_TOPICS, Settings, get_settings
 from atp_service.events import OutboxRelay, relay_consumer_name
 from atp_service.logs import json_logging_config
 from atp_service.store import KeySpace, RedisStore, connect
 from stream_agents._folding import BatchAbandoned, BatchFolder
 from stream_agents._kafka import DeadLetterTopic, LazyProducer
-from stream_agents.agents import register_agents
+from stream_agents.agents import InboundAgent
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class WorkerRuntime:
             self.redis,
             KeySpace(settings.key_groups),
             dedup_window_seconds=settings.dedup_window_seconds,
+            dedup_chunks=settings.dedup_chunks,
         )
         self.producer = LazyProducer(
             settings.bootstrap_servers, client_id=f"{settings.worker_app_id}-out"
@@ -60,6 +61,17 @@ class WorkerRuntime:
             DeadLetterTopic(self.producer, DLQ_TOPIC),
             authority=settings.authority,
             initial_policies=settings.load_channel_policies(),
+            should_give_up=lambda: bool(app.should_stop),
+        )
+        self.inbound = InboundAgent(
+            self.folder,
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=settings.worker_app_id,  # the consumer group, as in earlier releases
+            topics=INBOUND_TOPICS,
+            batch=settings.worker_fold_batch,
+            fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
+            session_timeout_ms=int(SESSION_TIMEOUT_SECONDS * 1000),
+            rebalance_timeout_ms=int(REBALANCE_TIMEOUT_SECONDS * 1000),
             should_give_up=lambda: bool(app.should_stop),
         )
         self.relay = OutboxRelay(
@@ -92,7 +104,9 @@ class WorkerRuntime:
             log.debug("outbox backlog unavailable: %s", exc)
 
     async def close(self) -> None:
-        """After the agents stopped: let the relay finish its round, then close the clients."""
+        """Stop the inbound agent (its batch in flight folded and committed), let the relay
+        finish its round, then close the clients."""
+        await self.inbound.stop(SHUTDOWN_GRACE_SECONDS)
         if self._stop is not None and self._relay_done is not None:
             self._stop.set()
             with contextlib.suppress(TimeoutError):
@@ -103,51 +117,34 @@ class WorkerRuntime:
             await self.redis.aclose()
 
 
-def _limit_fetch_wait(max_wait_ms: int) -> None:
-    """Make Faust's worker consumer ask the broker to answer fetches within ``max_wait_ms``.
+class _WorkerBoot(BootStrategy):
+    """Faust runs the process (signals, logging, tasks, timers); it reads no topic and
+    produces nothing itself: the inbound agent has its own consumer group, the dead letters
+    and the relay their own producer (agents.py says why)."""
 
-    faust-streaming 0.15 passes ``fetch_max_wait_ms=1500`` to aiokafka with no setting to
-    change it; aiokafka reads the attribute when the consumer starts, after creation.
-    """
-    original = getattr(AIOKafkaConsumerThread, "_atp_original_create", None)
-    if original is None:
-        original = AIOKafkaConsumerThread._create_worker_consumer
-        setattr(AIOKafkaConsumerThread, "_atp_original_create", original)  # noqa: B010
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = max_wait_ms
-        return consumer
-
-    setattr(AIOKafkaConsumerThread, "_create_worker_consumer", create)  # noqa: B010
+    enable_kafka = False
 
 
 def create_app(settings: Settings | None = None) -> faust.App:
     """The worker's Faust app: agents, relay and timers wired to clients built from settings."""
     settings = settings or get_settings()
-    _limit_fetch_wait(settings.worker_fetch_max_wait_ms)
     datadir = Path(tempfile.gettempdir()) / "atp-worker" / settings.worker_app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust makes the last level itself
     app = faust.App(
-        settings.worker_app_id,  # also the Kafka consumer group
+        settings.worker_app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_brokers],
         store="memory://",
-        processing_guarantee="at_least_once",
         web_enabled=False,
         # The inbound, dead-letter and events topics are owned outside the worker, and
         # the worker keeps no tables: it creates no topic (Tansu and managed Kafka
         # clusters alike may refuse to), not even Faust's leader topic.
         topic_allow_declare=False,
         topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=SESSION_TIMEOUT_SECONDS,
-        broker_rebalance_timeout=REBALANCE_TIMEOUT_SECONDS,
-        key_serializer="raw",
-        value_serializer="raw",
         datadir=str(datadir),
     )
+    app.boot_strategy = _WorkerBoot(app)
     runtime = WorkerRuntime(settings, app)
-    register_agents(app, runtime.folder, batch=settings.worker_fold_batch)
+    app.task(runtime.inbound.run)
     app.task(runtime.run_relay)
     app.timer(BACKLOG_EVERY_SECONDS)(runtime.report_backlog)
 

@@ -69,6 +69,9 @@ _RFC3339: Final = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
 )
 _DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_SOURCES: Final[Mapping[str, Source]] = {s.value: s for s in Source}
+_BUCKETS: Final[Mapping[str, Bucket]] = {b.value: b for b in Bucket}
+_VALID_TIMES: set[str] = set()
 
 
 class DecodeError(Exception):
@@ -176,8 +179,8 @@ def _string(body: dict[str, Any], name: str, *, required: bool) -> str | None:
 
 
 def _integer(value: Any, name: str) -> int:
-    # bool is an int in Python, never in this contract.
-    if isinstance(value, bool) or not isinstance(value, int):
+    # bool is an int in Python, never in this contract (``type`` tells them apart).
+    if type(value) is not int:
         raise _violation(f"field '{name}' must be an integer, got {_short(value)}")
     return value
 
@@ -189,12 +192,11 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         raise _violation(f"field 'event_id' must have 1 to {MAX_EVENT_ID_LENGTH} characters")
     source_name = _string(body, "source", required=True)
     assert source_name is not None
-    try:
-        source = Source(source_name)
-    except ValueError:
+    source = _SOURCES.get(source_name)
+    if source is None:
         raise _violation(
             f"field 'source' must be one of {[s.value for s in Source]}, got {_short(source_name)}"
-        ) from None
+        )
     sku = _string(body, "sku", required=True)
     assert sku is not None
     if not is_valid_sku(sku):
@@ -226,12 +228,18 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_rfc3339(text: str) -> bool:
+    # Events of one batch share a handful of times: remember the ones already checked.
+    if text in _VALID_TIMES:
+        return True
     if _RFC3339.fullmatch(text) is None:
         return False
     try:
         datetime.fromisoformat(text.upper())
     except ValueError:
         return False
+    if len(_VALID_TIMES) >= 4096:
+        _VALID_TIMES.clear()
+    _VALID_TIMES.add(text)
     return True
 
 
@@ -245,12 +253,10 @@ def _date(text: Any, name: str) -> date:
 
 
 def _bucket(value: Any, name: str) -> Bucket:
-    try:
-        return Bucket(value)
-    except ValueError:
-        raise _violation(
-            f"{name} must be one of {[b.value for b in Bucket]}, got {_short(value)}"
-        ) from None
+    bucket = _BUCKETS.get(value) if isinstance(value, str) else None
+    if bucket is None:
+        raise _violation(f"{name} must be one of {[b.value for b in Bucket]}, got {_short(value)}")
+    return bucket
 
 
 def _delta(body: dict[str, Any]) -> InventoryDelta:

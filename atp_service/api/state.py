@@ -71,7 +71,10 @@ class ApiState:
         self.policies_loaded = False
         self._redis = client
         self._store = RedisStore(
-            client, self.keys, dedup_window_seconds=self.settings.dedup_window_seconds
+            client,
+            self.keys,
+            dedup_window_seconds=self.settings.dedup_window_seconds,
+            dedup_chunks=self.settings.dedup_chunks,
         )
         self._positions = PositionCache(
             client,

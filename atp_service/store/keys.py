@@ -25,7 +25,6 @@ F_RESERVED = "rs"
 F_VERSION = "v"
 F_AS_OF_MS = "ts"
 F_SAFETY_STOCK = "ss"
-F_LAST_DRIFT = "dr"
 IN_TRANSIT_PREFIX = "t:"  # "t:<epoch day of ETA>" or "t:-" for an unknown ETA
 IN_TRANSIT_NO_ETA = "t:-"
 SEQ_PREFIX = "q:"  # "q:<source>" -> last folded source_seq
@@ -57,10 +56,17 @@ def outbox(group: int) -> str:
     return f"{PREFIX}:{tag(group)}:outbox"
 
 
+def dedup_chunk(group: int, generation: int, chunk: int) -> str:
+    """A hash of folded events' fingerprints: one generation (a de-duplication window long)
+    of one group, one ``chunk`` of the fingerprint space (so each stays a small, compactly
+    encoded hash)."""
+    return f"{PREFIX}:{tag(group)}:d:{generation}:{chunk}"
+
+
 @dataclass(frozen=True, slots=True)
 class ItemSiteKeys:
     position: str
-    seen_events: str
+    drift: str  # the last drift a snapshot found (JSON string, expires with the window)
     outbox: str
 
 
@@ -77,7 +83,7 @@ class KeySpace:
         ident = f"{sku}@{site}"
         return ItemSiteKeys(
             position=f"{PREFIX}:{t}:p:{ident}",
-            seen_events=f"{PREFIX}:{t}:e:{ident}",
+            drift=f"{PREFIX}:{t}:dr:{ident}",
             outbox=self.outboxes[group],
         )
 

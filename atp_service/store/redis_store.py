@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from hashlib import blake2b
 from importlib import resources
 from typing import Any, cast
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
@@ -35,6 +39,9 @@ _BUCKET_CODES = {
     Bucket.QUARANTINED: k.F_QUARANTINED,
     Bucket.IN_TRANSIT: "it",
 }
+
+#: De-duplication chunks per hash-tag group and generation (``ATP_DEDUP_CHUNKS``).
+DEFAULT_DEDUP_CHUNKS = 1024
 
 #: Errors that mean "Redis is not there right now"; callers turn them into 503 / retry.
 UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
@@ -119,12 +126,73 @@ class PolicyBook:
         return encoded
 
 
+#: The status of an event whose fold raised inside the script (the others went on).
+FOLD_ERROR = "error"
+#: Events folded by one script call at most: each call blocks Redis while it runs.
+_MAX_EVENTS_PER_CALL = 200
+#: De-duplication chunks outlive their generation by this much (clock differences).
+_DEDUP_MARGIN_MS = 3_600_000
+
+
 @dataclass(frozen=True, slots=True)
 class FoldOutcome:
-    status: str  # folded | unchanged | duplicate | stale
+    status: str  # folded | unchanged | duplicate | stale | error
     version: int
     changes_emitted: int
     drift: dict[str, Any] | None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _FoldCall:
+    """One script call: the events of one group (or one consumption), their keys and
+    fingerprints, and where they stand in the batch."""
+
+    keys: list[str]
+    bodies: list[dict[str, Any]]
+    fingerprints: bytes
+    indexes: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedFold:
+    """A batch ready to fold (``RedisStore.prepare_fold``)."""
+
+    events: Sequence[InventoryDelta | InventorySnapshot]
+    generation: int
+    calls: list[_FoldCall]
+    sites: frozenset[str]
+
+
+def _fold_body(event: InventoryDelta | InventorySnapshot) -> dict[str, Any]:
+    """An event as fold.lua reads it."""
+    body: dict[str, Any] = {
+        "id": event.event_id,
+        "src": event.source.value,
+        "seq": event.source_seq if event.source_seq is not None else -1,
+        "sku": event.sku,
+        "site": event.site,
+        "corr": event.correlation_id,
+    }
+    if isinstance(event, InventoryDelta):
+        body["k"] = "d"
+        body["b"] = _BUCKET_CODES[event.bucket]
+        body["d"] = event.delta
+        if event.bucket is Bucket.IN_TRANSIT:
+            body["eta"] = str(epoch_day(event.eta)) if event.eta is not None else "-"
+        if event.reservation_id is not None:
+            body["rid"] = event.reservation_id
+    else:
+        body["k"] = "s"
+        body["q"] = {_BUCKET_CODES[b]: qty for b, qty in event.quantities.items()}
+        if Bucket.IN_TRANSIT in event.quantities:
+            by_eta = event.in_transit_by_eta or {None: event.quantities[Bucket.IN_TRANSIT]}
+            body["tq"] = {
+                (str(epoch_day(eta)) if eta is not None else "-"): qty
+                for eta, qty in by_eta.items()
+                if qty != 0
+            }
+    return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +250,20 @@ def position_from_hash(raw: dict[str, str]) -> ItemSitePosition:
 class RedisStore:
     """The one adapter between the service and Redis. Receives its client; builds none."""
 
-    def __init__(self, client: aioredis.Redis, keys: KeySpace, *, dedup_window_seconds: int):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: KeySpace,
+        *,
+        dedup_window_seconds: int,
+        dedup_chunks: int = DEFAULT_DEDUP_CHUNKS,
+    ):
         self.redis = client
         self.keys = keys
-        self._window_ms = str(dedup_window_seconds * 1000)
+        self._window = dedup_window_seconds * 1000
+        self._window_ms = str(self._window)
+        self._dedup_chunks = dedup_chunks
+        self._group_prefixes = [f"{k.PREFIX}:{k.tag(g)}:" for g in range(keys.groups)]
         self._fold: AsyncScript = client.register_script(_load_lua("fold.lua"))
         self._set_safety_stock: AsyncScript = client.register_script(
             _load_lua("set_safety_stock.lua")
@@ -202,82 +280,114 @@ class RedisStore:
 
     # -- folding -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _encode_event(event: InventoryDelta | InventorySnapshot) -> str:
-        body: dict[str, Any] = {
-            "id": event.event_id,
-            "src": event.source.value,
-            "seq": event.source_seq if event.source_seq is not None else -1,
-            "sku": event.sku,
-            "site": event.site,
-            "corr": event.correlation_id,
-        }
-        if isinstance(event, InventoryDelta):
-            body["k"] = "d"
-            body["b"] = _BUCKET_CODES[event.bucket]
-            body["d"] = event.delta
-            if event.bucket is Bucket.IN_TRANSIT:
-                body["eta"] = str(epoch_day(event.eta)) if event.eta is not None else "-"
-            if event.reservation_id is not None:
-                body["rid"] = event.reservation_id
-        else:
-            body["k"] = "s"
-            body["q"] = {_BUCKET_CODES[b]: qty for b, qty in event.quantities.items()}
-            if Bucket.IN_TRANSIT in event.quantities:
-                by_eta = event.in_transit_by_eta or {None: event.quantities[Bucket.IN_TRANSIT]}
-                body["tq"] = {
-                    (str(epoch_day(eta)) if eta is not None else "-"): qty
-                    for eta, qty in by_eta.items()
-                    if qty != 0
-                }
-        return json.dumps(body, separators=(",", ":"))
+    def prepare_fold(self, events: Sequence[InventoryDelta | InventorySnapshot]) -> PreparedFold:
+        """Everything a fold needs but Redis, done ahead (no I/O): see ``fold_prepared``."""
+        return PreparedFold(
+            events=events,
+            generation=self._generation(),
+            calls=self._fold_calls(events, self._generation()),
+            sites=frozenset(event.site for event in events),
+        )
 
-    def _fold_keys(self, event: InventoryDelta | InventorySnapshot) -> list[str]:
-        ks = self.keys.item_site(event.sku, event.site)
-        fold_keys = [ks.position, ks.seen_events, ks.outbox]
-        if (
-            isinstance(event, InventoryDelta)
-            and event.reservation_id is not None
-            and event.bucket is Bucket.ALLOCATED
-        ):
-            # consumption of the reservation (fold.lua, KEYS[4..6])
-            fold_keys += reservation_keys(self.keys, event.reservation_id).as_list()
-        return fold_keys
+    async def fold_prepared(self, prepared: PreparedFold, book: PolicyBook) -> list[FoldOutcome]:
+        """Fold the prepared events in order, in one pipelined round trip.
+
+        One script call folds the events of one hash-tag group (in their order); an allocated
+        delta for a reservation goes alone, in its place in the order. Each event is folded on
+        its own: one that fails comes back with status ``error`` and the others go on.
+        """
+        if not prepared.events:
+            return []
+        generation = self._generation()
+        calls = prepared.calls
+        if generation != prepared.generation:  # prepared before a generation began
+            calls = self._fold_calls(prepared.events, generation)
+        expires_at = str((generation + 2) * self._window + _DEDUP_MARGIN_MS)
+        window = self._window_ms
+        policies = book.lua_json
+        pipe: Pipeline = self.redis.pipeline(transaction=False)
+        for call in calls:
+            await self._fold(
+                keys=call.keys,
+                args=[orjson.dumps(call.bodies), policies, window, call.fingerprints, expires_at],
+                client=pipe,
+            )
+        replies = await pipe.execute()
+        outcomes: list[FoldOutcome | None] = [None] * len(prepared.events)
+        for call, flat in zip(calls, replies, strict=True):
+            for n, index in enumerate(call.indexes):
+                status, version, emitted, detail = flat[4 * n : 4 * n + 4]
+                if status == FOLD_ERROR:
+                    outcomes[index] = FoldOutcome(FOLD_ERROR, 0, 0, None, error=str(detail))
+                else:
+                    outcomes[index] = FoldOutcome(
+                        str(status), int(version), int(emitted),
+                        orjson.loads(detail) if detail else None,
+                    )  # fmt: skip
+        return outcomes  # type: ignore[return-value]  # one call covers every event
 
     async def fold_many(
         self, events: Sequence[InventoryDelta | InventorySnapshot], book: PolicyBook
     ) -> list[FoldOutcome]:
         """Fold events in order, in one pipelined round trip; each fold is atomic on its own."""
-        if not events:
-            return []
-        pipe: Pipeline = self.redis.pipeline(transaction=False)
-        for event in events:
-            await self._fold(
-                keys=self._fold_keys(event),
-                args=[self._encode_event(event), book.lua_json, self._window_ms],
-                client=pipe,
-            )
-        results = await pipe.execute()
-        return [self._outcome(r) for r in results]
+        return await self.fold_prepared(self.prepare_fold(events), book)
 
     async def fold(
         self, event: InventoryDelta | InventorySnapshot, book: PolicyBook
     ) -> FoldOutcome:
-        result = await self._fold(
-            keys=self._fold_keys(event),
-            args=[self._encode_event(event), book.lua_json, self._window_ms],
-        )
-        return self._outcome(result)
+        [outcome] = await self.fold_many([event], book)
+        return outcome
 
-    @staticmethod
-    def _outcome(result: Any) -> FoldOutcome:
-        status, version, emitted, drift = result
-        return FoldOutcome(
-            status=str(status),
-            version=int(version),
-            changes_emitted=int(emitted),
-            drift=json.loads(drift) if drift else None,
-        )
+    def _generation(self) -> int:
+        return int(time.time() * 1000) // self._window
+
+    def _fold_calls(
+        self, events: Sequence[InventoryDelta | InventorySnapshot], generation: int
+    ) -> list[_FoldCall]:
+        keys, chunks, groups = self.keys, self._dedup_chunks, self.keys.groups
+        # The key names of keys.py, spelt out here for speed (tests/unit/test_keys.py checks).
+        prefixes = self._group_prefixes
+        before, now, after = generation - 1, generation, generation + 1
+        calls: list[_FoldCall] = []
+        by_group: dict[int, _FoldCall] = {}
+        for index, event in enumerate(events):
+            ident = f"{event.sku}@{event.site}"
+            group = zlib.crc32(ident.encode()) % groups
+            digest = blake2b(event.event_id.encode(), digest_size=16).digest()
+            chunk = int.from_bytes(digest[12:], "little") % chunks
+            prefix = prefixes[group]
+            event_keys = [
+                f"{prefix}p:{ident}",
+                f"{prefix}dr:{ident}",
+                f"{prefix}d:{before}:{chunk}",
+                f"{prefix}d:{now}:{chunk}",
+                f"{prefix}d:{after}:{chunk}",
+            ]
+            if (
+                isinstance(event, InventoryDelta)
+                and event.reservation_id is not None
+                and event.bucket is Bucket.ALLOCATED
+            ):
+                # Consumption touches the reservation's keys (fold.lua, KEYS[7..9]): alone,
+                # in its place, after what came before it.
+                by_group.clear()
+                calls.append(
+                    _FoldCall(
+                        [keys.outboxes[group], *event_keys,
+                         *reservation_keys(keys, event.reservation_id).as_list()],
+                        [_fold_body(event)], digest[:12], [index],
+                    )
+                )  # fmt: skip
+                continue
+            call = by_group.get(group)
+            if call is None or len(call.indexes) >= _MAX_EVENTS_PER_CALL:
+                call = by_group[group] = _FoldCall([keys.outboxes[group]], [], b"", [])
+                calls.append(call)
+            call.keys.extend(event_keys)
+            call.bodies.append(_fold_body(event))
+            call.fingerprints += digest[:12]
+            call.indexes.append(index)
+        return calls
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -290,7 +400,8 @@ class RedisStore:
         return [position_from_hash(cast(dict[str, str], raw)) for raw in raws]
 
     async def last_drift(self, item: ItemSite) -> dict[str, Any] | None:
-        raw = await self.redis.hget(self.keys.position(item.sku, item.site), k.F_LAST_DRIFT)
+        """The last disagreement a snapshot found at the item-site (within the window)."""
+        raw = await self.redis.get(self.keys.item_site(item.sku, item.site).drift)
         return json.loads(raw) if raw else None
 
     # -- sites -------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
+import orjson
 import pytest
 import redis
+import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +34,8 @@ from tests.random_refs import random_event_id, random_sku
 pytestmark = pytest.mark.integration
 
 KEYS = KeySpace(16)
+#: Builds the fold script's keys and arguments as the worker does (it never connects).
+KEY_BUILDER = RedisStore(aioredis.Redis(), KEYS, dedup_window_seconds=86_400)
 QTY = st.integers(min_value=0, max_value=10**9)
 
 
@@ -97,9 +101,10 @@ def test_lua_atp_equals_domain_atp(
     event = InventoryDelta(
         random_event_id(), Source.WMS, sku, site, Bucket.ON_HAND, 1, "2026-11-23T00:00:00Z"
     )
+    [call] = KEY_BUILDER.prepare_fold([event]).calls
     status, version, emitted, _ = fold(
-        keys=[keys.position, keys.seen_events, keys.outbox],
-        args=[RedisStore._encode_event(event), book.lua_json, "86400000"],
+        keys=call.keys,
+        args=[orjson.dumps(call.bodies), book.lua_json, "86400000", call.fingerprints, "0"],
     )
     today = _today()
     before = atp_for_site(pos, policy, today)

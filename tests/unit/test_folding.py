@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 
 from atp_service.domain import DEFAULT_AUTHORITY, ChannelPolicy, InventoryDelta, InventorySnapshot
 from atp_service.store import FoldOutcome, PolicyBook, RedisStore
+from atp_service.store.redis_store import FOLD_ERROR, PreparedFold
 from stream_agents._folding import BatchAbandoned, BatchFolder, InboundMessage
 
 Event = InventoryDelta | InventorySnapshot
@@ -25,6 +26,7 @@ class FakeStore:
         self.round_trips = 0
         self.down_for = 0
         self.refused: set[str] = set()
+        self.refuse_all = False
         self.sites: list[str] = []
         self.policies: dict[str, ChannelPolicy] = {}
         self.version = 0
@@ -54,13 +56,21 @@ class FakeStore:
         self._call()
         self.sites.extend(sites)
 
-    async def fold_many(self, events: Sequence[Event], book: PolicyBook) -> list[FoldOutcome]:
+    def prepare_fold(self, events: Sequence[Event]) -> PreparedFold:
+        return PreparedFold(events, 0, [], frozenset(e.site for e in events))
+
+    async def fold_prepared(self, prepared: PreparedFold, book: PolicyBook) -> list[FoldOutcome]:
+        """As the real script: a refused event comes back as an error, or (``refuse_all``)
+        the whole call fails, as a script-level error would make it."""
         self._call()
         self.round_trips += 1
-        outcomes = [self._fold(e) for e in events]
-        if any(o is None for o in outcomes):
+        outcomes = [self._fold(e) for e in prepared.events]
+        if self.refuse_all and any(o is None for o in outcomes):
             raise ResponseError("ERR user_script:1: bad event")
-        return [o for o in outcomes if o is not None]
+        return [
+            o if o is not None else FoldOutcome(FOLD_ERROR, 0, 0, None, error="bad event")
+            for o in outcomes
+        ]
 
     async def fold(self, event: Event, book: PolicyBook) -> FoldOutcome:
         self._call()
@@ -150,9 +160,19 @@ async def test_dead_letters_are_resent_until_the_broker_acknowledges_them() -> N
     assert letters.fail_times == 0
 
 
-async def test_an_event_redis_refuses_is_dead_lettered_and_the_others_fold_once() -> None:
+async def test_an_event_whose_fold_fails_is_dead_lettered_and_the_others_fold_once() -> None:
     store, letters = FakeStore(), FakeDeadLetters()
     store.refused.add("bad")
+    await folder_for(store, letters).handle([message("e1"), message("bad"), message("e2")])
+    assert store.folded == ["e1", "e2"]
+    assert store.round_trips == 1
+    assert [(r["code"], r["detail"]) for r in letters.records] == [("fold_failed", "bad event")]
+
+
+async def test_a_batch_redis_refuses_as_a_whole_is_folded_one_by_one_to_find_the_culprit() -> None:
+    store, letters = FakeStore(), FakeDeadLetters()
+    store.refused.add("bad")
+    store.refuse_all = True
     await folder_for(store, letters).handle([message("e1"), message("bad"), message("e2")])
     assert store.folded == ["e1", "e2"]
     assert [(r["code"], r["detail"]) for r in letters.records] == [

@@ -1,31 +1,40 @@
--- Fold one inbound inventory event into one item-site, atomically.
--- KEYS[1] position hash, KEYS[2] folded event ids (zset, score = fold time ms),
--- KEYS[3] outbox stream of the item-site's group.
--- ARGV[1] event JSON (see RedisStore._encode_event), ARGV[2] channel policies JSON,
--- ARGV[3] de-duplication window in ms.
--- An allocated delta with a reservation id ("rid") also gets KEYS[4] the reservation's
--- hash, KEYS[5] its group's expiry zset, KEYS[6] its group's outbox (consumption).
--- Returns {status, version, changes emitted, drift JSON or ''}; status is one of
--- 'folded', 'unchanged', 'duplicate', 'stale'.
+-- Fold a batch of inbound inventory events of one hash-tag group, in order, in one call; each
+-- event is folded on its own (an error in one is reported for it and the others go on).
+-- KEYS[1] the outbox stream of the group; for event i (0-based j = i - 1), from k = 1 + 5j:
+--   KEYS[k+1] its position hash, KEYS[k+2] its drift record,
+--   KEYS[k+3], KEYS[k+4], KEYS[k+5] the de-duplication chunk of its fingerprint in the
+--   previous, current and next generation (the current one is written).
+-- A batch of one allocated delta with a reservation id ("rid") also gets KEYS[7] the
+-- reservation's hash, KEYS[8] its group's expiry zset, KEYS[9] its group's outbox.
+-- ARGV[1] JSON array of events (RedisStore._fold_body), ARGV[2] channel policies JSON,
+-- ARGV[3] de-duplication window in ms, ARGV[4] the events' fingerprints (12 bytes each,
+-- concatenated), ARGV[5] when the current generation's chunks expire (ms since the epoch).
+-- Returns a flat array, 4 entries per event: status, version, changes emitted, and the
+-- drift JSON (or ''); status 'folded', 'unchanged', 'duplicate', 'stale', or 'error' with
+-- the error message in the 4th entry (what that event wrote before it failed stays).
 
-local pos_key, seen_key, outbox = KEYS[1], KEYS[2], KEYS[3]
-local ev = cjson.decode(ARGV[1])
+local outbox = KEYS[1]
+local events = cjson.decode(ARGV[1])
 local policies = cjson.decode(ARGV[2])
 local window = tonumber(ARGV[3])
+local fingerprints = ARGV[4]
+local chunk_expires_at = ARGV[5]
 local ms = now_ms()
 local today = math.floor(ms / 86400000)
+local now_iso = iso8601(ms)
+local consuming = #events == 1 and #KEYS == 9  -- a reservation's keys come along
 
 -- Consumption: the WMS allocated units for an active reservation. Move what the line
 -- still holds (at most the delta) from reserved to allocated, so they are not counted
 -- twice; once every line is allocated the reservation is consumed. A reservation that
--- ended (or is unknown) leaves the allocation a plain one.
-local function consume_reservation(pos)
-  local res_key = KEYS[4]
+-- ended (or is unknown) leaves the allocation a plain one. Returns the units moved.
+local function consume_reservation(ev, pos)
+  local res_key = KEYS[7]
   local flat = redis.call('HGETALL', res_key)
-  if #flat == 0 then return end
+  if #flat == 0 then return 0 end
   local rec = {}
   for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
-  if not (rec.st == 'confirmed' or (rec.st == 'held' and tonumber(rec.ex) > ms)) then return end
+  if not (rec.st == 'confirmed' or (rec.st == 'held' and tonumber(rec.ex) > ms)) then return 0 end
   local lines = cjson.decode(rec.ln)
   local moved = 0
   local every_line_allocated = true
@@ -36,16 +45,15 @@ local function consume_reservation(pos)
     end
     if line.a < line.r then every_line_allocated = false end
   end
-  if moved == 0 then return end
+  if moved == 0 then return 0 end
   pos.rs = pos.rs - moved
-  redis.call('HSET', pos_key, 'rs', pos.rs)
   local ln = cjson.encode(lines)
   if not every_line_allocated then
     redis.call('HSET', res_key, 'ln', ln, 'up', ms)
-    return
+    return moved
   end
   redis.call('HSET', res_key, 'st', 'consumed', 'ex', '', 'up', ms, 'ln', ln)
-  redis.call('ZREM', KEYS[5], ev.rid)
+  redis.call('ZREM', KEYS[8], ev.rid)
   redis.call('PEXPIRE', res_key, window)
   local event_lines = {}
   for i, line in ipairs(lines) do
@@ -56,108 +64,141 @@ local function consume_reservation(pos)
   if rec.rf ~= '' then ref = rec.rf end
   local corr = ev.corr
   if corr == nil or corr == cjson.null then corr = rec.co end
-  emit(KEYS[6], ev.rid, {
+  emit(KEYS[9], ev.rid, {
     schema = 'atp.event.v1', type = 'reservation.consumed',
-    event_id = 'res:' .. ev.rid .. ':consumed', occurred_at = iso8601(ms),
+    event_id = 'res:' .. ev.rid .. ':consumed', occurred_at = now_iso,
     correlation_id = corr, reservation_id = ev.rid, status = 'consumed',
     previous_status = rec.st, channel = rec.ch, order_ref = ref, mode = rec.md,
     allocation_event_id = ev.id, lines = event_lines,
   })
+  return moved
 end
 
-if redis.call('ZSCORE', seen_key, ev.id) then
-  return {'duplicate', 0, 0, ''}
-end
-redis.call('ZADD', seen_key, ms, ev.id)
-redis.call('ZREMRANGEBYSCORE', seen_key, '-inf', ms - window)
-redis.call('PEXPIRE', seen_key, window)
-
-local seq_field = 'q:' .. ev.src
-if ev.seq >= 0 then
-  local last = tonumber(redis.call('HGET', pos_key, seq_field) or '-1')
-  if ev.seq <= last then
-    return {'stale', 0, 0, ''}
+local function fold_one(ev, k, fingerprint)
+  local pos_key = KEYS[k + 1]
+  -- Seen inside the window: the previous, current or next generation has the fingerprint
+  -- (next: a worker whose clock is ahead may have written there already).
+  if redis.call('HEXISTS', KEYS[k + 3], fingerprint) == 1
+    or redis.call('HEXISTS', KEYS[k + 4], fingerprint) == 1
+    or redis.call('HEXISTS', KEYS[k + 5], fingerprint) == 1 then
+    return 'duplicate', 0, 0, ''
   end
-  redis.call('HSET', pos_key, seq_field, ev.seq)
-end
-
-local pos = load_position(pos_key)
-local before = channel_atps(pos, policies, ev.site, today)
-local changed = false
-local drift_json = ''
-
-if ev.k == 'd' then
-  if ev.d ~= 0 then
-    changed = true
-    if ev.b == 'it' then
-      local f = 't:' .. ev.eta
-      local new = (pos.t[ev.eta] or 0) + ev.d
-      if new == 0 then redis.call('HDEL', pos_key, f) else redis.call('HSET', pos_key, f, new) end
-      pos.t[ev.eta] = new
-    else
-      pos[ev.b] = pos[ev.b] + ev.d
-      redis.call('HSET', pos_key, ev.b, pos[ev.b])
-      if ev.b == 'al' and ev.rid and ev.d > 0 and KEYS[4] then consume_reservation(pos) end
-    end
+  if redis.call('HSET', KEYS[k + 4], fingerprint, '') == 1
+    and redis.call('HLEN', KEYS[k + 4]) == 1 then
+    redis.call('PEXPIREAT', KEYS[k + 4], chunk_expires_at)
   end
-else
-  -- Snapshot: set every bucket it carries; record what disagreed with the fold.
-  local drift = {}
-  local any_drift = false
-  for bucket, qty in pairs(ev.q) do
-    local folded
-    if bucket == 'it' then folded = in_transit_total(pos) else folded = pos[bucket] end
-    -- A bucket nothing was ever folded into is an initial load, not a disagreement.
-    local known
-    if bucket == 'it' then known = next(pos.t) ~= nil else known = pos.raw[bucket] ~= nil end
-    if folded ~= qty and known then
-      any_drift = true
-      drift[BUCKET_NAMES[bucket]] = {folded = folded, snapshot = qty}
+
+  local pos = load_position(pos_key)
+  local writes = {}  -- field, value, field, value, ...: one HSET at the end
+  local function set(f, v) writes[#writes + 1] = f; writes[#writes + 1] = v end
+  local seq_field = 'q:' .. ev.src
+  if ev.seq >= 0 then
+    local last = tonumber(pos.raw[seq_field] or '-1')
+    if ev.seq <= last then
+      return 'stale', 0, 0, ''
     end
-    if bucket == 'it' then
-      local same = true
-      local wanted = ev.tq
-      for eta, n in pairs(pos.t) do if wanted[eta] ~= n then same = false end end
-      for eta, n in pairs(wanted) do if pos.t[eta] ~= n then same = false end end
-      if not same then
-        changed = true
-        for eta, _ in pairs(pos.t) do redis.call('HDEL', pos_key, 't:' .. eta) end
-        pos.t = {}
-        for eta, n in pairs(wanted) do
-          if n ~= 0 then
-            redis.call('HSET', pos_key, 't:' .. eta, n)
-            pos.t[eta] = n
-          end
+    set(seq_field, ev.seq)
+  end
+
+  local before = channel_atps(pos, policies, ev.site, today)
+  local changed = false
+  local drift_json = ''
+  local deletes = {}
+
+  if ev.k == 'd' then
+    if ev.d ~= 0 then
+      changed = true
+      if ev.b == 'it' then
+        local new = (pos.t[ev.eta] or 0) + ev.d
+        if new == 0 then deletes[1] = 't:' .. ev.eta else set('t:' .. ev.eta, new) end
+        pos.t[ev.eta] = new
+      else
+        pos[ev.b] = pos[ev.b] + ev.d
+        set(ev.b, pos[ev.b])
+        if ev.b == 'al' and ev.rid and ev.d > 0 and consuming then
+          if consume_reservation(ev, pos) > 0 then set('rs', pos.rs) end
         end
       end
-    elseif folded ~= qty then
-      changed = true
-      pos[bucket] = qty
-      redis.call('HSET', pos_key, bucket, qty)
+    end
+  else
+    -- Snapshot: set every bucket it carries; record what disagreed with the fold.
+    local drift = {}
+    local any_drift = false
+    for bucket, qty in pairs(ev.q) do
+      local folded
+      if bucket == 'it' then folded = in_transit_total(pos) else folded = pos[bucket] end
+      -- A bucket nothing was ever folded into is an initial load, not a disagreement.
+      local known
+      if bucket == 'it' then known = next(pos.t) ~= nil else known = pos.raw[bucket] ~= nil end
+      if folded ~= qty and known then
+        any_drift = true
+        drift[BUCKET_NAMES[bucket]] = {folded = folded, snapshot = qty}
+      end
+      if bucket == 'it' then
+        local same = true
+        local wanted = ev.tq
+        for eta, n in pairs(pos.t) do if wanted[eta] ~= n then same = false end end
+        for eta, n in pairs(wanted) do if pos.t[eta] ~= n then same = false end end
+        if not same then
+          changed = true
+          for eta, _ in pairs(pos.t) do
+            if wanted[eta] == nil or wanted[eta] == 0 then deletes[#deletes + 1] = 't:' .. eta end
+          end
+          pos.t = {}
+          for eta, n in pairs(wanted) do
+            if n ~= 0 then
+              set('t:' .. eta, n)
+              pos.t[eta] = n
+            end
+          end
+        end
+      elseif folded ~= qty then
+        changed = true
+        pos[bucket] = qty
+        set(bucket, qty)
+      end
+    end
+    if any_drift then
+      -- Kept beside the position, not in it: a long value would take the position hash
+      -- out of its compact encoding.
+      local record = {event_id = ev.id, source = ev.src, detected_at = now_iso, buckets = drift}
+      drift_json = cjson.encode(record)
+      redis.call('SET', KEYS[k + 2], drift_json, 'PX', window)
+      emit(outbox, ev.sku .. '@' .. ev.site, {
+        schema = 'atp.event.v1', type = 'inventory.drift_detected',
+        event_id = 'drift:' .. ev.id, occurred_at = now_iso,
+        correlation_id = ev.corr or cjson.null,
+        sku = ev.sku, site = ev.site, source = ev.src, snapshot_event_id = ev.id,
+        buckets = drift,
+      })
     end
   end
-  if any_drift then
-    local record = {event_id = ev.id, source = ev.src, detected_at = iso8601(ms), buckets = drift}
-    drift_json = cjson.encode(record)
-    redis.call('HSET', pos_key, 'dr', drift_json)
-    emit(outbox, ev.sku .. '@' .. ev.site, {
-      schema = 'atp.event.v1', type = 'inventory.drift_detected',
-      event_id = 'drift:' .. ev.id, occurred_at = iso8601(ms),
-      correlation_id = ev.corr or cjson.null,
-      sku = ev.sku, site = ev.site, source = ev.src, snapshot_event_id = ev.id,
-      buckets = drift,
-    })
+
+  if #deletes > 0 then redis.call('HDEL', pos_key, unpack(deletes)) end
+  if not changed then
+    if #writes > 0 then redis.call('HSET', pos_key, unpack(writes)) end
+    return 'unchanged', pos.v, 0, drift_json
+  end
+  pos.v, pos.ts = pos.v + 1, ms
+  set('v', pos.v)
+  set('ts', ms)
+  redis.call('HSET', pos_key, unpack(writes))
+  announce(ev.sku, ev.site, pos)
+  local after = channel_atps(pos, policies, ev.site, today)
+  local n = emit_changes(outbox, before, after, ev.sku, ev.site, pos.v, ms, ev.id, ev.corr)
+  return 'folded', pos.v, n, drift_json
+end
+
+local out = {}
+for i, ev in ipairs(events) do
+  local fingerprint = string.sub(fingerprints, 12 * i - 11, 12 * i)
+  local ok, status, version, n, detail = pcall(fold_one, ev, 1 + 5 * (i - 1), fingerprint)
+  local j = #out
+  if ok then
+    out[j + 1] = status; out[j + 2] = version; out[j + 3] = n; out[j + 4] = detail
+  else
+    if type(status) == 'table' then status = status.err or cjson.encode(status) end
+    out[j + 1] = 'error'; out[j + 2] = 0; out[j + 3] = 0; out[j + 4] = tostring(status)
   end
 end
-
-if not changed then
-  return {'unchanged', pos.v, 0, drift_json}
-end
-
-local version = redis.call('HINCRBY', pos_key, 'v', 1)
-redis.call('HSET', pos_key, 'ts', ms)
-pos.v, pos.ts = version, ms
-announce(ev.sku, ev.site, pos)
-local after = channel_atps(pos, policies, ev.site, today)
-local n = emit_changes(outbox, before, after, ev.sku, ev.site, version, ms, ev.id, ev.corr)
-return {'folded', version, n, drift_json}
+return out
