@@ -123,10 +123,10 @@ class Settings(BaseSettings):
     worker_app_id: str = "atp-worker"
     """Faust app id, also the Kafka consumer group."""
     worker_fetch_max_wait_ms: int = Field(default=50, ge=1, le=5_000)
-    """How long the broker may hold a fetch when no data is ready. Faust hard-codes 1500 ms,
-    which puts up to 1.5 s between an event's produce and its fold."""
-    worker_fold_batch: int = Field(default=500, ge=1)
-    """Events folded per Redis pipeline round trip."""
+    """How long the broker may hold a fetch when no data is ready (Faust's consumer held it
+    1.5 s, which put up to that long between an event's produce and its fold)."""
+    worker_fold_batch: int = Field(default=2000, ge=1)
+    """Messages fetched, decoded and folded together (one Redis round trip) at most."""
     worker_metrics_port: int = Field(default=9102, ge=0, le=65535)
     """Port of the worker's /metrics (0 turns it off)."""
     worker_metrics_host: str = "127.0.0.1"

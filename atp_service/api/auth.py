@@ -22,6 +22,10 @@ class Principal:
     scopes: frozenset[str]
 
 
+#: Keys verified once and remembered, at most (only keys that matched a configured digest).
+_VERIFIED_MAX = 1024
+
+
 class KeyRing:
     """The configured keys; only their digests are kept."""
 
@@ -30,17 +34,26 @@ class KeyRing:
             (bytes.fromhex(spec.digest), Principal(spec.name, frozenset(spec.scopes)))
             for spec in specs
         ]
+        # A key that matched is remembered, so the next request with it skips the SHA-256
+        # and the comparisons. Finding it is a dict lookup by the (per-process randomised)
+        # string hash: it tells an attacker nothing about keys they do not already hold.
+        self._verified: dict[str, Principal] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def principal(self, key: str) -> Principal | None:
         """The key's principal, or None; every digest is compared, so timing tells nothing."""
+        known_key = self._verified.get(key)
+        if known_key is not None:
+            return known_key
         digest = hashlib.sha256(key.encode()).digest()
         found: Principal | None = None
         for known, principal in self._entries:
             if hmac.compare_digest(digest, known):
                 found = principal
+        if found is not None and len(self._verified) < _VERIFIED_MAX:
+            self._verified[key] = found
         return found
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Sequence
 from datetime import date
 from functools import lru_cache
@@ -35,6 +36,7 @@ from atp_service.domain import (
     is_valid_sku,
 )
 from atp_service.domain.reservations import iso_from_ms
+from atp_service.store import PolicyBook
 
 router = APIRouter(tags=["availability"], responses=PROBLEM_RESPONSES)
 
@@ -44,12 +46,8 @@ _read_scope = require_scope("availability:read")
 
 @lru_cache(maxsize=4)
 def _date_of_epoch_day(day: int) -> date:
+    """Day ``day`` since the epoch, in UTC, as the Lua scripts count days."""
     return date.fromordinal(719_163 + day)  # 719_163: ordinal of 1970-01-01
-
-
-def utc_today() -> date:
-    """Today in UTC, as the Lua scripts count days, so in-transit horizons agree."""
-    return _date_of_epoch_day(int(time.time() * 1000) // _DAY_MS)
 
 
 def _site_body(site: str, pos: ItemSitePosition, atp: int) -> dict[str, Any]:
@@ -66,21 +64,64 @@ def _site_body(site: str, pos: ItemSitePosition, atp: int) -> dict[str, Any]:
     }
 
 
+#: Rendered site answers kept per channel, at most (a bounded share of the copy's hot set).
+_RENDERED_MAX = 100_000
+_Rendered = tuple[ItemSitePosition, int, orjson.Fragment, int]  # position, atp, JSON, day
+
+
+class _RenderedSites:
+    """Each item-site's site answer under one policy book, rendered once per position.
+
+    A position in the in-process copy is replaced, never changed, when the item-site moves,
+    so "rendered from this very position object" means "still right" (and an answer from a
+    position read from Redis is never reused: it is a new object every time). In-transit
+    horizons make an answer depend on the day too; it is re-rendered when that moves.
+    """
+
+    def __init__(self, book: PolicyBook) -> None:
+        self.book = book
+        self.by_channel: dict[str, dict[str, _Rendered]] = {}
+
+    def of(self, channel: str) -> dict[str, _Rendered]:
+        rendered = self.by_channel.get(channel)
+        if rendered is None or len(rendered) >= _RENDERED_MAX:
+            if len(self.by_channel) >= 64:  # channel names come from requests
+                self.by_channel.clear()
+            rendered = self.by_channel[channel] = {}
+        return rendered
+
+
+_rendered: weakref.WeakKeyDictionary[ApiState, _RenderedSites] = weakref.WeakKeyDictionary()
+
+
+def _rendered_for(state: ApiState, book: PolicyBook) -> _RenderedSites:
+    found = _rendered.get(state)
+    if found is None or found.book is not book:
+        found = _rendered[state] = _RenderedSites(book)
+    return found
+
+
 async def availability(
     state: ApiState, channel: str, queries: Sequence[tuple[str, str | None]]
 ) -> list[dict[str, Any]]:
-    """One answer per (sku, site or None for the channel's sites), from one Redis round trip."""
+    """One answer per (sku, site or None for the channel's sites), from the in-process copy
+    of the positions, or one Redis round trip for what it lacks."""
     book = state.book if state.policies_loaded else await state.ensure_policies()
     policy = book.policy(channel)
     channel_sites = policy.sites if policy.sites is not None else state.sites
     plan: list[tuple[str, Sequence[str]]] = []
-    wanted: list[ItemSite] = []
+    idents: list[str] = []
     for sku, site in queries:
         sites: Sequence[str] = channel_sites if site is None else (site,)
         plan.append((sku, sites))
-        wanted.extend([ItemSite(sku, s) for s in sites])
-    positions = await state.positions.read(wanted) if wanted else []
-    today = utc_today()
+        idents.extend([f"{sku}@{s}" for s in sites])
+    positions = state.positions.lookup(idents)
+    if positions is None:
+        wanted = [ItemSite(sku, s) for sku, sites in plan for s in sites]
+        positions = await state.positions.read(wanted) if wanted else []
+    day = int(time.time() * 1000) // _DAY_MS
+    dated = policy.include_in_transit and policy.in_transit_horizon_days > 0
+    rendered = _rendered_for(state, book).of(channel)
     answers: list[dict[str, Any]] = []
     i = 0
     for sku, sites in plan:
@@ -89,11 +130,23 @@ async def availability(
         bodies = []
         for site in sites:
             pos = positions[i]
+            ident = idents[i]
             i += 1
-            atp = atp_for_site(pos, policy, today) if policy.sells_from(site) else 0
+            hit = rendered.get(ident)
+            if hit is not None and hit[0] is pos and (not dated or hit[3] == day):
+                atp, body = hit[1], hit[2]
+            else:
+                atp = (
+                    atp_for_site(pos, policy, _date_of_epoch_day(day))
+                    if policy.sells_from(site)
+                    else 0
+                )
+                body = orjson.Fragment(orjson.dumps(_site_body(site, pos, atp)))
+                rendered[ident] = (pos, atp, body, day)
             total += atp
-            latest = max(latest, pos.as_of_ms)
-            bodies.append(_site_body(site, pos, atp))
+            if pos.as_of_ms > latest:
+                latest = pos.as_of_ms
+            bodies.append(body)
         answers.append(
             {
                 "sku": sku,
