@@ -133,7 +133,9 @@ class Settings(BaseSettings):
     """Address the worker's /metrics listens on."""
 
     # -- outbox relay --------------------------------------------------------------------
-    relay_batch: int = Field(default=500, ge=1)
+    relay_batch: int = Field(default=100, ge=1)
+    """Outbox entries read per relay round (an entry is one event, or the events of one fold
+    call: up to 200)."""
     relay_claim_idle_ms: int = Field(default=10_000, ge=100)
     """Entries a dead relay held for this long are taken over by a live one."""
 

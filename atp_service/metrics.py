@@ -33,7 +33,10 @@ OUTBOX_PUBLISHED = Counter(
 OUTBOX_RELAY_FAILURES = Counter(
     "atp_outbox_relay_failures_total", "Relay attempts that failed (Kafka or Redis)."
 )
-OUTBOX_BACKLOG = Gauge("atp_outbox_backlog_events", "Events waiting in the outbox.")
+OUTBOX_BACKLOG = Gauge(
+    "atp_outbox_backlog_events",
+    "Outbox entries waiting to be relayed (an entry holds one event, or a fold call's events).",
+)
 REDIS_ERRORS = Counter("atp_redis_errors_total", "Redis calls that failed.", ["component"])
 KAFKA_ERRORS = Counter("atp_kafka_errors_total", "Kafka calls that failed.", ["component"])
 RESERVATIONS = Counter(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import mode.loop
 from faust.app.base import BootStrategy
 from mode.types.signals import BaseSignalT
 from prometheus_client import start_http_server
@@ -159,6 +160,8 @@ def create_app(settings: Settings | None = None) -> faust.App:
 
 def run_worker(settings: Settings) -> None:
     """Run the stream worker until SIGINT/SIGTERM (blocking)."""
+    # uvloop, as the API: the worker's time is mostly socket I/O to Redis and the broker.
+    mode.loop.use("uvloop")
     app = create_app(settings)
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)

@@ -228,7 +228,8 @@ class PositionCache:
             return  # a ping's reply
         kind = message[0]
         if kind == "message":
-            self.apply(message[2])
+            for line in message[2].split("\n"):  # a batch announces its positions together
+                self.apply(line)
         elif kind == "subscribe":
             # The first subscription, or redis-py's re-subscription after a reconnect: what
             # was published in between is lost, so start again from Redis.

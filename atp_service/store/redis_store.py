@@ -197,10 +197,19 @@ def _fold_body(event: InventoryDelta | InventorySnapshot) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
+    """One outbox stream entry: one event, or the events of one fold call, in order."""
+
     stream: str
     entry_id: str
-    key: str
-    value: str
+    records: list[tuple[str, str]]  # (message key, JSON value)
+
+
+def outbox_records(fields: dict[str, str]) -> list[tuple[str, str]]:
+    """The (key, value) records of an outbox entry's fields (``emit`` in lua/_lib.lua)."""
+    batch = fields.get("b")
+    if batch is None:
+        return [(fields["k"], fields["v"])]
+    return [tuple(line.split("\x1f", 1)) for line in batch.split("\n")]  # type: ignore[misc]
 
 
 def policy_to_json(policy: ChannelPolicy) -> str:
@@ -500,7 +509,7 @@ class RedisStore:
             )
             for entry_id, fields in reply[1]:
                 if fields:
-                    out.append(OutboxEntry(stream, entry_id, fields["k"], fields["v"]))
+                    out.append(OutboxEntry(stream, entry_id, outbox_records(fields)))
         return out
 
     @staticmethod
@@ -509,7 +518,7 @@ class RedisStore:
         for stream, entries in reply or []:
             for entry_id, fields in entries:
                 if fields:  # a pending entry deleted meanwhile comes back empty
-                    out.append(OutboxEntry(stream, entry_id, fields["k"], fields["v"]))
+                    out.append(OutboxEntry(stream, entry_id, outbox_records(fields)))
         return out
 
     async def ack_outbox(self, entries: Sequence[OutboxEntry]) -> None:

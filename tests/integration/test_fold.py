@@ -17,6 +17,7 @@ from atp_service.domain import (
     Source,
 )
 from atp_service.store import PolicyBook, RedisStore
+from atp_service.store.redis_store import outbox_records
 from tests.random_refs import random_event_id, random_sku
 
 pytestmark = pytest.mark.integration
@@ -53,7 +54,9 @@ async def position_of(store: RedisStore, sku: str) -> tuple[int, int, int, int]:
 async def outbox_events(store: RedisStore, sku: str) -> list[dict[str, object]]:
     stream = store.keys.item_site(sku, "DC-EAST").outbox
     entries = await store.redis.xrange(stream)
-    return [json.loads(f["v"]) for _, f in entries if f["k"] == f"{sku}@DC-EAST"]
+    return [
+        json.loads(v) for _, f in entries for k, v in outbox_records(f) if k == f"{sku}@DC-EAST"
+    ]
 
 
 async def web_changes(store: RedisStore, sku: str) -> list[dict[str, object]]:

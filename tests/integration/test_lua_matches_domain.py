@@ -28,7 +28,7 @@ from atp_service.domain import (
 )
 from atp_service.embedded import EmbeddedStack
 from atp_service.store import KeySpace, PolicyBook, RedisStore
-from atp_service.store.redis_store import _load_lua, epoch_day
+from atp_service.store.redis_store import _load_lua, epoch_day, outbox_records
 from tests.random_refs import random_event_id, random_sku
 
 pytestmark = pytest.mark.integration
@@ -125,8 +125,10 @@ def test_lua_atp_equals_domain_atp(
     assert int(emitted) == 1 + star_moved
     wanted_id = f"chg:{event.event_id}:c"
     for _, fields in sync_redis.xrevrange(keys.outbox, count=50):
-        body = json.loads(fields["v"])
-        if body["event_id"] == wanted_id:
+        for _, value in outbox_records(fields):
+            body = json.loads(value)
+            if body["event_id"] != wanted_id:
+                continue
             assert (body["previous_atp"], body["atp"]) == (before, after)
             assert body["version"] == int(version)
             return

@@ -14,6 +14,7 @@ from atp_service.domain import Bucket, ChannelPolicy, InventoryDelta, Source
 from atp_service.embedded import EmbeddedStack
 from atp_service.events import KafkaPublisher, OutboxRelay
 from atp_service.store import PolicyBook, RedisStore
+from atp_service.store.redis_store import outbox_records
 from tests.random_refs import random_event_id, random_sku
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,10 @@ async def _fold_receipts(store: RedisStore, sku: str, n: int) -> None:
         for _ in range(n)
     ]
     await store.fold_many(events, BOOK)
+
+
+async def records_in(store: RedisStore, stream: str) -> list[tuple[str, str]]:
+    return [r for _, fields in await store.redis.xrange(stream) for r in outbox_records(fields)]
 
 
 async def _drain(relay: OutboxRelay) -> None:
@@ -91,7 +96,7 @@ async def test_every_outbox_event_reaches_kafka_and_leaves_the_outbox(
     events = await _published_for(stack, sku, 5)
     assert sorted(e["atp"] for e in events) == [1, 2, 3, 4, 5]
     stream = store.keys.item_site(sku, "DC-1").outbox
-    assert [f for _, f in await store.redis.xrange(stream) if f["k"] == f"{sku}@DC-1"] == []
+    assert [r for r in await records_in(store, stream) if r[0] == f"{sku}@DC-1"] == []
 
 
 async def test_events_wait_in_the_outbox_while_kafka_is_down_and_go_out_once_after(
@@ -110,7 +115,7 @@ async def test_events_wait_in_the_outbox_while_kafka_is_down_and_go_out_once_aft
     assert broken.attempts == 2
     stream = store.keys.item_site(sku, "DC-1").outbox
     # Each receipt moved two channels: "web" and "*" (every channel without a policy).
-    assert len([f for _, f in await store.redis.xrange(stream) if f["k"] == f"{sku}@DC-1"]) == 6
+    assert len([r for r in await records_in(store, stream) if r[0] == f"{sku}@DC-1"]) == 6
 
     # The failing relay "dies"; a healthy one claims what it held once it is idle enough.
     await asyncio.sleep(0.2)

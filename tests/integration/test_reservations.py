@@ -23,6 +23,7 @@ from atp_service.domain.reservations import (
     ShortLine,
 )
 from atp_service.store import PolicyBook, RedisStore
+from atp_service.store.redis_store import outbox_records
 from atp_service.store.reservation_keys import reservation_keys
 from atp_service.store.reservations import Placed, ReservationStore
 from tests.random_refs import random_event_id, random_site, random_sku
@@ -115,13 +116,13 @@ async def place(
 async def reservation_events(store: RedisStore, rid: str) -> list[dict[str, Any]]:
     stream = reservation_keys(store.keys, rid).outbox
     entries = await store.redis.xrange(stream)
-    return [json.loads(f["v"]) for _, f in entries if f["k"] == rid]
+    return [json.loads(v) for _, f in entries for k, v in outbox_records(f) if k == rid]
 
 
 async def availability_events(store: RedisStore, sku: str, site: str) -> list[dict[str, Any]]:
     stream = store.keys.item_site(sku, site).outbox
     entries = await store.redis.xrange(stream)
-    return [json.loads(f["v"]) for _, f in entries if f["k"] == f"{sku}@{site}"]
+    return [json.loads(v) for _, f in entries for k, v in outbox_records(f) if k == f"{sku}@{site}"]
 
 
 async def force_due(store: RedisStore, rid: str) -> None:

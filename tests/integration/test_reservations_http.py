@@ -25,6 +25,7 @@ import pytest
 from atp_service.domain import Bucket, InventoryDelta, ItemSite, Source
 from atp_service.embedded import EmbeddedStack, ManagedProcess, free_port
 from atp_service.store import KeySpace, PolicyBook, RedisStore, connect
+from atp_service.store.redis_store import outbox_records
 from atp_service.store.reservation_keys import reservation_keys
 from atp_service.store.reservations import ReservationStore
 from tests.random_refs import random_event_id, random_site, random_sku
@@ -116,7 +117,8 @@ async def reserve(
 
 
 async def outbox_events(store: RedisStore, stream: str, key: str) -> list[dict[str, Any]]:
-    return [json.loads(f["v"]) for _, f in await store.redis.xrange(stream) if f["k"] == key]
+    entries = await store.redis.xrange(stream)
+    return [json.loads(v) for _, f in entries for k, v in outbox_records(f) if k == key]
 
 
 # -- races -----------------------------------------------------------------------------------
@@ -373,8 +375,10 @@ async def _expiry_run(redis_url: str, workdir: Path, *, kill_one: bool) -> None:
         assert [await reserved(store, s, site) for s in skus] == [0] * 10
         expired_events: Counter[str] = Counter()
         for stream in store.keys.outboxes:
-            for _, fields in await redis.xrange(stream):
-                event = json.loads(fields["v"])
+            for _, value in (
+                record for _, f in await redis.xrange(stream) for record in outbox_records(f)
+            ):
+                event = json.loads(value)
                 if event["type"] == "reservation.expired" and event["reservation_id"] in rids:
                     expired_events[event["reservation_id"]] += 1
         assert expired_events == dict.fromkeys(rids, 1)

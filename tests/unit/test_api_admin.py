@@ -11,6 +11,7 @@ import pytest
 
 from atp_service.domain import ChannelPolicy
 from atp_service.store import keys
+from atp_service.store.redis_store import outbox_records
 from tests.random_refs import random_sku
 from tests.unit.api_harness import ADMIN, READER, Api, make_settings, running_api
 
@@ -173,7 +174,7 @@ async def test_a_safety_stock_change_is_announced_with_the_request_correlation_i
     )
 
     entries: Any = await api.redis.xrange(outbox)
-    events = [json.loads(fields["v"]) for _, fields in entries[before:]]
+    events = [json.loads(v) for _, fields in entries[before:] for _, v in outbox_records(fields)]
     events = [e for e in events if e["channel"] == "web"]  # "*" speaks for unlisted channels
     assert [(e["type"], e["channel"], e["atp"], e["previous_atp"]) for e in events] == [
         ("availability.changed", "web", 1, 5)

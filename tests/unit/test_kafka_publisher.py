@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from atp_service.events import KafkaPublisher
+from atp_service.events import KafkaPublisher, murmur2
 
 PARTITIONS = list(range(8))
 
@@ -68,3 +70,10 @@ async def test_messages_of_one_key_keep_their_order_across_full_batches() -> Non
     values = [value.decode() for _, records in producer.sent for _, value in records]
     assert values == [f"v{n}" for n in range(11)]
     assert [len(records) for _, records in producer.sent] == [3, 3, 3, 1, 1]
+
+
+def test_murmur2_is_kafkas() -> None:
+    rng = random.Random(7)
+    keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 70))) for _ in range(3000)]
+    keys += [b"", b"a", b"ab", b"abc", b"abcd", b"SKU-00001@DC-EAST", bytes(range(256))]
+    assert [murmur2(k) for k in keys] == [aiokafka_murmur2(k) for k in keys]

@@ -141,7 +141,8 @@ async def availability(
                     if policy.sells_from(site)
                     else 0
                 )
-                body = orjson.Fragment(orjson.dumps(_site_body(site, pos, atp)))
+                # As text: the bytes orjson returns keep a 4 KiB buffer each.
+                body = orjson.Fragment(orjson.dumps(_site_body(site, pos, atp)).decode())
                 rendered[ident] = (pos, atp, body, day)
             total += atp
             if pos.as_of_ms > latest:

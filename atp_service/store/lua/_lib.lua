@@ -92,20 +92,60 @@ local function channel_atps(pos, policies, site, today)
   return out
 end
 
+-- Between begin_batch() and flush_batch() (a fold of many events) what announce() and
+-- emit() below write is buffered and written once per script call.
+local announcements = nil
+local outbox_buffers = nil
+
 -- Publish an item-site's position after a change, for the API processes' in-process copies
 -- (atp_service/store/position_cache.py parses it; the channel is keys.CHANGES_CHANNEL):
--- "<sku>@<site> <version> <as_of ms> <oh> <al> <qu> <rs> <ss or -> [<eta day or ->:<qty> ...]".
+-- "<sku>@<site> <version> <as_of ms> <oh> <al> <qu> <rs> <ss or -> [<eta day or ->:<qty> ...]",
+-- a line per position (a batch publishes its lines in one message).
 local function announce(sku, site, pos)
   local parts = {sku .. '@' .. site, pos.v, pos.ts, pos.oh, pos.al, pos.qu, pos.rs, pos.ss or '-'}
   for eta, qty in pairs(pos.t) do
     if qty ~= 0 then parts[#parts + 1] = eta .. ':' .. qty end
   end
-  redis.call('PUBLISH', 'atp:changes', table.concat(parts, ' '))
+  local line = table.concat(parts, ' ')
+  if announcements == nil then
+    redis.call('PUBLISH', 'atp:changes', line)
+  else
+    announcements[#announcements + 1] = line
+  end
 end
 
--- XADD one outbound event; the value is the final JSON the relay publishes as is.
+-- Outbound events go to the outbox stream of their group as the final JSON the relay
+-- publishes as is: one entry ('k' key, 'v' value) per event, or, in a batch, one entry per
+-- stream whose field 'b' holds the records, a "<key>\31<value>" a line
+-- (store.outbox_records).
+local function begin_batch()
+  announcements = {}
+  outbox_buffers = {}
+end
+
 local function emit(outbox, key, event)
-  redis.call('XADD', outbox, '*', 'k', key, 'v', cjson.encode(event))
+  local value = cjson.encode(event)
+  if outbox_buffers == nil then
+    redis.call('XADD', outbox, '*', 'k', key, 'v', value)
+    return
+  end
+  local lines = outbox_buffers[outbox]
+  if lines == nil then
+    lines = {}
+    outbox_buffers[outbox] = lines
+  end
+  lines[#lines + 1] = key .. '\31' .. value
+end
+
+local function flush_batch()
+  for outbox, lines in pairs(outbox_buffers) do
+    redis.call('XADD', outbox, '*', 'b', table.concat(lines, '\n'))
+  end
+  if #announcements > 0 then
+    redis.call('PUBLISH', 'atp:changes', table.concat(announcements, '\n'))
+  end
+  outbox_buffers = nil
+  announcements = nil
 end
 
 -- availability.changed for each channel whose ATP moved.

@@ -9,6 +9,8 @@
 -- ARGV[1] JSON array of events (RedisStore._fold_body), ARGV[2] channel policies JSON,
 -- ARGV[3] de-duplication window in ms, ARGV[4] the events' fingerprints (12 bytes each,
 -- concatenated), ARGV[5] when the current generation's chunks expire (ms since the epoch).
+-- The events it causes go out as one outbox entry per stream, and the positions it changed
+-- as one message on atp:changes (flush_batch, _lib.lua).
 -- Returns a flat array, 4 entries per event: status, version, changes emitted, and the
 -- drift JSON (or ''); status 'folded', 'unchanged', 'duplicate', 'stale', or 'error' with
 -- the error message in the 4th entry (what that event wrote before it failed stays).
@@ -189,6 +191,7 @@ local function fold_one(ev, k, fingerprint)
   return 'folded', pos.v, n, drift_json
 end
 
+begin_batch()
 local out = {}
 for i, ev in ipairs(events) do
   local fingerprint = string.sub(fingerprints, 12 * i - 11, 12 * i)
@@ -201,4 +204,5 @@ for i, ev in ipairs(events) do
     out[j + 1] = 'error'; out[j + 2] = 0; out[j + 3] = 0; out[j + 4] = tostring(status)
   end
 end
+flush_batch()
 return out
