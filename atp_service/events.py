@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from atp_service import metrics
 from atp_service.store import OutboxEntry, RedisStore
+from atp_service.store.duty import Duty
 
 log = logging.getLogger(__name__)
 
@@ -186,18 +187,30 @@ class OutboxRelay:
         await self.store.ack_outbox(entries)
         metrics.OUTBOX_PUBLISHED.inc(sum(len(entry.records) for entry in entries))
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Relay until ``stop`` is set; survives Redis and Kafka outages with backoff."""
+    async def run(
+        self, stop: asyncio.Event, *, duty: Duty | None = None, stand_by: bool = False
+    ) -> None:
+        """Relay until ``stop`` is set; survives Redis and Kafka outages with backoff.
+
+        With ``duty``: report each successful round (a worker), or, ``stand_by``, relay only
+        while no worker has reported one lately (an API process; store/duty.py).
+        """
         backoff = 0.1
         claim_every = max(1.0, self.claim_idle_ms / 2000)
         loop = asyncio.get_running_loop()
         next_claim = loop.time() + claim_every
         while not stop.is_set():
             try:
+                if duty is not None and stand_by and await duty.taken():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=0.5)
+                    continue
                 if loop.time() >= next_claim:
                     self._retry_own_pending = True  # also claims entries of dead relays
                     next_claim = loop.time() + claim_every
                 await self.relay_once()
+                if duty is not None and not stand_by:
+                    await duty.done()
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise

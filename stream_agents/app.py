@@ -25,6 +25,8 @@ from atp_service.config import DLQ_TOPIC, EVENTS_TOPIC, INBOUND_TOPICS, Settings
 from atp_service.events import OutboxRelay, relay_consumer_name
 from atp_service.logs import json_logging_config
 from atp_service.store import KeySpace, RedisStore, connect
+from atp_service.store.duty import Duty
+from atp_service.store.reservations import ExpirySweeper, ReservationStore
 from stream_agents._folding import BatchAbandoned, BatchFolder
 from stream_agents._kafka import DeadLetterTopic, LazyProducer
 from stream_agents.agents import InboundAgent
@@ -83,16 +85,26 @@ class WorkerRuntime:
             batch=settings.relay_batch,
             claim_idle_ms=settings.relay_claim_idle_ms,
         )
+        holder = relay_consumer_name("worker")
+        self.relay_duty = Duty(self.redis, "relay", holder=holder)
+        self.sweeper = ExpirySweeper(
+            ReservationStore(self.store, idempotency_ttl_seconds=settings.idempotency_ttl_seconds),
+            settings.expiry_sweep_interval_seconds,
+            duty=Duty(self.redis, "expiry", holder=holder),
+        )
         self._stop: asyncio.Event | None = None
         self._relay_done: asyncio.Event | None = None
 
     async def run_relay(self) -> None:
-        """Seed policies, then relay the outbox until shutdown (survives Redis/Kafka outages)."""
+        """Seed policies, then relay the outbox and expire due reservations until shutdown
+        (both survive Redis and Kafka outages). The API processes stand by for both."""
         self._stop = asyncio.Event()
         self._relay_done = asyncio.Event()
         try:
             await self.folder.start()
-            await self.relay.run(self._stop)
+            await asyncio.gather(
+                self.relay.run(self._stop, duty=self.relay_duty), self.sweeper.run(self._stop)
+            )
         except BatchAbandoned:
             pass  # stopping before Redis came back
         finally:

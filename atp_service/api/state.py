@@ -22,6 +22,7 @@ from atp_service.config import EVENTS_TOPIC, Settings
 from atp_service.domain import ChannelPolicy
 from atp_service.events import KafkaPublisher, OutboxRelay, relay_consumer_name
 from atp_service.store import KeySpace, PolicyBook, RedisStore, StoreUnavailable
+from atp_service.store.duty import Duty
 from atp_service.store.position_cache import PositionCache
 from atp_service.store.redis_store import UNAVAILABLE_ERRORS
 
@@ -182,15 +183,19 @@ class ApiState:
             self.kafka_connected = True
             backoff = 0.2
             try:
+                consumer = relay_consumer_name("api")
                 relay = OutboxRelay(
                     self.store,
                     KafkaPublisher(producer),
                     topic=EVENTS_TOPIC,
-                    consumer=relay_consumer_name("api"),
+                    consumer=consumer,
                     batch=self.settings.relay_batch,
                     claim_idle_ms=self.settings.relay_claim_idle_ms,
                 )
-                await relay.run(stop)
+                # Workers relay; this process does only while none has lately.
+                await relay.run(
+                    stop, duty=Duty(self.redis, "relay", holder=consumer), stand_by=True
+                )
             finally:
                 self.kafka_connected = False
                 await _stop_quietly(producer)

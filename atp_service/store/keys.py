@@ -56,6 +56,11 @@ def outbox(group: int) -> str:
     return f"{PREFIX}:{tag(group)}:outbox"
 
 
+def duty_key(name: str) -> str:
+    """Set by a worker after a successful round of a background duty (store/duty.py)."""
+    return f"{PREFIX}:duty:{name}"
+
+
 def dedup_chunk(group: int, generation: int, chunk: int) -> str:
     """A hash of folded events' fingerprints: one generation (a de-duplication window long)
     of one group, one ``chunk`` of the fingerprint space (so each stays a small, compactly

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import date
-from typing import Any
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 
@@ -40,30 +40,72 @@ from atp_service.store.redis_store import RedisStore, date_of_epoch_day
 
 log = logging.getLogger(__name__)
 
-_NO_IN_TRANSIT: dict[date | None, int] = {}  # shared by every position without inbound
 _FROM_COPY = metrics.POSITION_READS.labels("copy")
 _FROM_REDIS = metrics.POSITION_READS.labels("redis")
+_PUSH_LAG = metrics.POSITION_PUSH_LAG
+
+#: A position as the copy holds it: ``ItemSitePosition``'s fields in their order, in a plain
+#: tuple, in-transit as ((eta, qty), ...). Python's cyclic garbage collector stops tracking
+#: a tuple of numbers, dates and such tuples (not one holding a dict), so half a million of
+#: them cost a full collection nothing; as dataclass instances they cost it 100-130 ms, a
+#: pause every request in flight feels.
+InTransit = tuple[tuple[date | None, int], ...]
+RawPosition = tuple[int, int, int, int, InTransit, int | None, int, int]
+VERSION: Final = 6  # index of ``version`` in a RawPosition
+AS_OF_MS: Final = 7  # index of ``as_of_ms``
+
+
+def raw(position: ItemSitePosition) -> RawPosition:
+    return (
+        position.on_hand,
+        position.allocated,
+        position.quarantined,
+        position.reserved,
+        tuple(position.in_transit_by_eta.items()),
+        position.safety_stock_override,
+        position.version,
+        position.as_of_ms,
+    )
+
+
+def position_of(held: RawPosition) -> ItemSitePosition:
+    return ItemSitePosition(
+        on_hand=held[0],
+        allocated=held[1],
+        quarantined=held[2],
+        reserved=held[3],
+        in_transit_by_eta=dict(held[4]),
+        safety_stock_override=held[5],
+        version=held[6],
+        as_of_ms=held[7],
+    )
 
 
 def position_from_announcement(text: str) -> tuple[str, ItemSitePosition]:
-    """Decode one message of ``announce`` (lua/_lib.lua) into (``sku@site``, position)."""
+    """Decode one line of ``announce`` (lua/_lib.lua) into (``sku@site``, position)."""
+    ident, held = _raw_from_announcement(text)
+    return ident, position_of(held)
+
+
+def _raw_from_announcement(text: str) -> tuple[str, RawPosition]:
     parts = text.split(" ")
-    in_transit: dict[date | None, int] = _NO_IN_TRANSIT
+    in_transit: InTransit = ()
     if len(parts) > 8:
-        in_transit = {}
+        by_eta: list[tuple[date | None, int]] = []
         for item in parts[8:]:
             eta, _, qty = item.partition(":")
-            in_transit[None if eta == "-" else date_of_epoch_day(int(eta))] = int(qty)
+            by_eta.append((None if eta == "-" else date_of_epoch_day(int(eta)), int(qty)))
+        in_transit = tuple(by_eta)
     ss = parts[7]
-    return parts[0], ItemSitePosition(
-        on_hand=int(parts[3]),
-        allocated=int(parts[4]),
-        quarantined=int(parts[5]),
-        reserved=int(parts[6]),
-        in_transit_by_eta=in_transit,
-        safety_stock_override=None if ss == "-" else int(ss),
-        version=int(parts[1]),
-        as_of_ms=int(parts[2]),
+    return parts[0], (
+        int(parts[3]),
+        int(parts[4]),
+        int(parts[5]),
+        int(parts[6]),
+        in_transit,
+        None if ss == "-" else int(ss),
+        int(parts[1]),
+        int(parts[2]),
     )
 
 
@@ -88,10 +130,10 @@ class PositionCache:
         self.max_entries = max_entries
         self.max_staleness = max_staleness_seconds
         self.ping_seconds = ping_seconds
-        self._entries: dict[str, ItemSitePosition] = {}
+        self._entries: dict[str, RawPosition] = {}
         #: Fills in flight per item-site, and the newest change announced meanwhile.
         self._filling: dict[str, int] = {}
-        self._announced_while_filling: dict[str, ItemSitePosition] = {}
+        self._announced_while_filling: dict[str, RawPosition] = {}
         #: Bumped whenever the copy is dropped; a fill started before does not install.
         self._generation = 0
         self._connected = False  # subscribed on the current connection
@@ -113,34 +155,40 @@ class PositionCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, idents: Sequence[str]) -> list[ItemSitePosition] | None:
-        """The positions of ``sku@site`` idents if the copy holds every one and is current;
-        else None (then ``read``). The read path's fast lane: no await, no Redis."""
+    async def read(self, items: Sequence[ItemSite]) -> list[ItemSitePosition]:
+        """Positions of ``items`` in order; an item-site never seen is all zeros."""
+        return [position_of(held) for held in await self.read_raw(items)]
+
+    def lookup_raw(self, idents: Sequence[str]) -> list[RawPosition] | None:
+        """The held positions of ``sku@site`` idents if the copy has every one and is current;
+        else None (then ``read_raw``). The read path's fast lane: no await, no Redis. A held
+        position is replaced, never changed, when its item-site moves: the same object means
+        the same position."""
         if not self.max_entries or not self.current:
             return None
         get = self._entries.get
-        found: list[ItemSitePosition] = []
+        found: list[RawPosition] = []
         for ident in idents:
-            position = get(ident)
-            if position is None:
+            held = get(ident)
+            if held is None:
                 return None
-            found.append(position)
+            found.append(held)
         _FROM_COPY.inc(len(found))
         return found
 
-    async def read(self, items: Sequence[ItemSite]) -> list[ItemSitePosition]:
-        """Positions of ``items`` in order; an item-site never seen is all zeros."""
+    async def read_raw(self, items: Sequence[ItemSite]) -> list[RawPosition]:
+        """``read``, as the copy holds positions (``RawPosition``)."""
         if not self.max_entries or not self.current:
             _FROM_REDIS.inc(len(items))
-            return await self._store.read_positions(items)
+            return [raw(p) for p in await self._store.read_positions(items)]
         entries = self._entries
-        found: list[ItemSitePosition | None] = []
+        found: list[RawPosition | None] = []
         missing: dict[str, list[int]] = {}
         for i, item in enumerate(items):
             ident = f"{item.sku}@{item.site}"
-            position = entries.get(ident)
-            found.append(position)
-            if position is None:
+            held = entries.get(ident)
+            found.append(held)
+            if held is None:
                 missing.setdefault(ident, []).append(i)
         if missing:
             _FROM_COPY.inc(len(items) - len(missing))
@@ -154,7 +202,7 @@ class PositionCache:
         self,
         items: Sequence[ItemSite],
         missing: dict[str, list[int]],
-        found: list[ItemSitePosition | None],
+        found: list[RawPosition | None],
     ) -> None:
         generation = self._generation
         filling = self._filling
@@ -171,48 +219,53 @@ class PositionCache:
                 else:
                     del filling[ident]
         for (ident, indexes), position in zip(missing.items(), fetched, strict=True):
+            held = raw(position)
             newer = announced.get(ident)
-            if newer is not None and newer.version > position.version:
-                position = newer
+            if newer is not None and newer[VERSION] > held[VERSION]:
+                held = newer
             if ident not in filling:
                 announced.pop(ident, None)
             for i in indexes:
-                found[i] = position
+                found[i] = held
             if generation == self._generation:
-                self._install(ident, position)
+                self._install(ident, held)
 
-    def _install(self, ident: str, position: ItemSitePosition) -> None:
+    def _install(self, ident: str, held: RawPosition) -> None:
         entries = self._entries
-        held = entries.get(ident)
-        if held is not None:
-            if position.version > held.version:
-                entries[ident] = position
+        current = entries.get(ident)
+        if current is not None:
+            if held[VERSION] > current[VERSION]:
+                entries[ident] = held
             return
         if len(entries) >= self.max_entries:
             del entries[next(iter(entries))]  # the oldest entry: a cheap, bounded FIFO
-        entries[ident] = position
+        entries[ident] = held
 
     # -- keeping current -----------------------------------------------------------------
 
     def apply(self, text: str) -> None:
         """One announced change (also usable by tests without a subscription)."""
+        ident = text.partition(" ")[0]
+        entries = self._entries
+        current = entries.get(ident)
+        if current is None and ident not in self._filling:
+            return  # nobody asked for it: nothing to keep current
         try:
-            ident, position = position_from_announcement(text)
+            _, held = _raw_from_announcement(text)
         except (ValueError, IndexError):
             log.warning("unreadable position announcement %r; dropping its entry", text[:200])
-            self._entries.pop(text.partition(" ")[0], None)
+            entries.pop(ident, None)
             return
-        held = self._entries.get(ident)
-        if held is not None:
-            if position.version > held.version:
-                self._entries[ident] = position
-        elif ident in self._filling:
+        if current is not None:
+            if held[VERSION] > current[VERSION]:
+                entries[ident] = held
+        else:
             earlier = self._announced_while_filling.get(ident)
-            if earlier is None or position.version > earlier.version:
-                self._announced_while_filling[ident] = position
-        lag = time.time() - position.as_of_ms / 1000
+            if earlier is None or held[VERSION] > earlier[VERSION]:
+                self._announced_while_filling[ident] = held
+        lag = time.time() - held[AS_OF_MS] / 1000
         if lag >= 0:
-            metrics.POSITION_PUSH_LAG.observe(lag)
+            _PUSH_LAG.observe(lag)
 
     def _drop(self, why: str) -> None:
         if self._entries:

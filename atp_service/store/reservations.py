@@ -39,6 +39,7 @@ from atp_service.domain.reservations import (
     Transition,
 )
 from atp_service.store import keys as k
+from atp_service.store.duty import Duty
 from atp_service.store.redis_store import PolicyBook, RedisStore
 from atp_service.store.reservation_keys import (
     expiry_index,
@@ -329,7 +330,7 @@ class ReservationStore:
 
 
 class ExpirySweeper:
-    """Runs ``expire_due`` every ``interval`` seconds until stopped (one per API process).
+    """Runs ``expire_due`` every ``interval`` seconds until stopped (workers and API processes).
 
     ``policy_book`` gives the book in force (for the availability.changed events an
     expiry causes); without it each sweep that finds work reads the book from Redis.
@@ -340,17 +341,30 @@ class ExpirySweeper:
         reservations: ReservationStore,
         interval: float,
         policy_book: Callable[[], Awaitable[PolicyBook]] | None = None,
+        *,
+        duty: Duty | None = None,
+        stand_by: bool = False,
     ) -> None:
         self.reservations = reservations
         self.interval = interval
         self.policy_book = policy_book
+        #: With a duty: report each sweep (a worker), or sweep only while no worker has
+        #: reported one lately (``stand_by``: an API process). See store/duty.py.
+        self.duty = duty
+        self.stand_by = stand_by
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self.interval
         while not stop.is_set():
             try:
+                if self.duty is not None and self.stand_by and await self.duty.taken():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=self.interval)
+                    continue
                 book = await self.policy_book() if self.policy_book is not None else None
                 await self.reservations.expire_due(book)
+                if self.duty is not None and not self.stand_by:
+                    await self.duty.done()
                 backoff = self.interval
             except asyncio.CancelledError:
                 raise

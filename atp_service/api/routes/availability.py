@@ -37,6 +37,7 @@ from atp_service.domain import (
 )
 from atp_service.domain.reservations import iso_from_ms
 from atp_service.store import PolicyBook
+from atp_service.store.position_cache import AS_OF_MS, RawPosition, position_of
 
 router = APIRouter(tags=["availability"], responses=PROBLEM_RESPONSES)
 
@@ -66,7 +67,7 @@ def _site_body(site: str, pos: ItemSitePosition, atp: int) -> dict[str, Any]:
 
 #: Rendered site answers kept per channel, at most (a bounded share of the copy's hot set).
 _RENDERED_MAX = 100_000
-_Rendered = tuple[ItemSitePosition, int, orjson.Fragment, int]  # position, atp, JSON, day
+_Rendered = tuple[RawPosition, int, orjson.Fragment, int]  # position, atp, JSON, day
 
 
 class _RenderedSites:
@@ -74,7 +75,8 @@ class _RenderedSites:
 
     A position in the in-process copy is replaced, never changed, when the item-site moves,
     so "rendered from this very position object" means "still right" (and an answer from a
-    position read from Redis is never reused: it is a new object every time). In-transit
+    position read from Redis is never reused: it is a new object every time). Entries are
+    plain tuples, which the garbage collector does not track (see position_cache.py). In-transit
     horizons make an answer depend on the day too; it is re-rendered when that moves.
     """
 
@@ -115,10 +117,10 @@ async def availability(
         sites: Sequence[str] = channel_sites if site is None else (site,)
         plan.append((sku, sites))
         idents.extend([f"{sku}@{s}" for s in sites])
-    positions = state.positions.lookup(idents)
+    positions = state.positions.lookup_raw(idents)
     if positions is None:
         wanted = [ItemSite(sku, s) for sku, sites in plan for s in sites]
-        positions = await state.positions.read(wanted) if wanted else []
+        positions = await state.positions.read_raw(wanted) if wanted else []
     day = int(time.time() * 1000) // _DAY_MS
     dated = policy.include_in_transit and policy.in_transit_horizon_days > 0
     rendered = _rendered_for(state, book).of(channel)
@@ -129,13 +131,14 @@ async def availability(
         latest = 0
         bodies = []
         for site in sites:
-            pos = positions[i]
+            held = positions[i]
             ident = idents[i]
             i += 1
             hit = rendered.get(ident)
-            if hit is not None and hit[0] is pos and (not dated or hit[3] == day):
+            if hit is not None and hit[0] is held and (not dated or hit[3] == day):
                 atp, body = hit[1], hit[2]
             else:
+                pos = position_of(held)
                 atp = (
                     atp_for_site(pos, policy, _date_of_epoch_day(day))
                     if policy.sells_from(site)
@@ -143,10 +146,11 @@ async def availability(
                 )
                 # As text: the bytes orjson returns keep a 4 KiB buffer each.
                 body = orjson.Fragment(orjson.dumps(_site_body(site, pos, atp)).decode())
-                rendered[ident] = (pos, atp, body, day)
+                rendered[ident] = (held, atp, body, day)
             total += atp
-            if pos.as_of_ms > latest:
-                latest = pos.as_of_ms
+            as_of_ms = held[AS_OF_MS]
+            if as_of_ms > latest:
+                latest = as_of_ms
             bodies.append(body)
         answers.append(
             {

@@ -42,6 +42,8 @@ from atp_service.domain.reservations import (
     Transition,
     iso_from_ms,
 )
+from atp_service.events import relay_consumer_name
+from atp_service.store.duty import Duty
 from atp_service.store.reservations import ExpirySweeper, ReservationStore
 
 router = APIRouter(prefix="/v1/reservations", tags=["reservations"], responses=PROBLEM_RESPONSES)
@@ -376,10 +378,13 @@ def _invalid(exc: InvalidTransition) -> ProblemError:
 
 
 async def run_expiry_sweeper(state: ApiState, stop: asyncio.Event) -> None:
-    """Expire due reservations every ``expiry_sweep_interval_seconds`` (each API process)."""
+    """Expire due reservations every ``expiry_sweep_interval_seconds`` while no worker does."""
     sweeper = ExpirySweeper(
         reservation_store(state),
         state.settings.expiry_sweep_interval_seconds,
         policy_book=state.ensure_policies,
+        # Workers expire; this process does only while none has lately.
+        duty=Duty(state.redis, "expiry", holder=relay_consumer_name("api")),
+        stand_by=True,
     )
     await sweeper.run(stop)

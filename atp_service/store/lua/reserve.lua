@@ -51,6 +51,8 @@ if short and req.md == 'all_or_nothing' then
   return {'insufficient', 409, body}
 end
 
+-- From here on every line changes: its announcements and events go out together.
+begin_batch()
 local corr = req.corr
 local record_lines = {}
 local event_lines = {}
@@ -95,4 +97,5 @@ emit(res_outbox, req.id, {
 fields.id = req.id
 local body = cjson.encode(fields)
 redis.call('SET', idem_key, cjson.encode({h = req.h, c = 201, b = body}), 'PX', idem_ttl)
+flush_batch()
 return {'held', 201, body}

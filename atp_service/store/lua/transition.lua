@@ -15,6 +15,9 @@ local res_key, expiry_key, res_outbox = KEYS[1], KEYS[2], KEYS[3]
 local rid, action = ARGV[1], ARGV[2]
 local policies = cjson.decode(ARGV[3])
 local keep_ms = ARGV[5]
+if action ~= 'confirm' and action ~= 'release' and action ~= 'expire' then
+  return redis.error_reply('transition.lua: unknown action ' .. action)
+end
 
 if redis.call('EXISTS', res_key) == 0 then
   redis.call('ZREM', expiry_key, rid)
@@ -76,6 +79,8 @@ local function finish(status, event_corr)
   rec.st = status
 end
 
+-- What the transition announces and publishes goes out together (flush_batch below).
+begin_batch()
 local outcome = 'unchanged'
 local expired_now = 0
 if rec.st == 'held' and tonumber(rec.ex) <= ms then
@@ -101,10 +106,9 @@ elseif action == 'release' then
   elseif rec.st ~= 'released' then
     outcome = 'invalid'
   end
-elseif action == 'expire' then
-  if rec.st ~= 'held' then redis.call('ZREM', expiry_key, rid) end
-else
-  return redis.error_reply('transition.lua: unknown action ' .. action)
+elseif rec.st ~= 'held' then  -- expire
+  redis.call('ZREM', expiry_key, rid)
 end
 
+flush_batch()
 return {outcome, redis.call('HGETALL', res_key), expired_now}
