@@ -142,11 +142,14 @@ class InboundAgent:
                 async with self._lock:
                     if self._abandoned is not None:
                         raise self._abandoned
-                    await self._settle(consumer)
+                    await self._settle(consumer, commit=False)
                     if prepared is not None:
                         prepared, offsets = self._still_assigned(consumer, prepared, offsets)
                         task = asyncio.ensure_future(self._fold(prepared))
                         self._in_flight = (task, offsets)
+                        await asyncio.sleep(0)  # let it send its pipeline first
+                    # The batch before is folded: commit it while Redis folds this one.
+                    await self._commit(consumer)
                 if records:
                     self._record_lag(consumer, offsets)
                 # Let the fold task send its pipeline before the next batch is decoded.
@@ -172,15 +175,17 @@ class InboundAgent:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def _settle(self, consumer: AIOKafkaConsumer) -> None:
-        """Wait for the batch in flight; once folded, its offsets are committed."""
+    async def _settle(self, consumer: AIOKafkaConsumer, *, commit: bool = True) -> None:
+        """Wait for the batch in flight; once folded, its offsets are committed (``commit``)
+        or left for the next ``_commit``."""
         if self._in_flight is not None:
             task, offsets = self._in_flight
             self._in_flight = None
             await task  # BatchAbandoned: not folded, so not committed
             self._uncommitted.update(offsets)
             self.folded_batches += 1
-        await self._commit(consumer)
+        if commit:
+            await self._commit(consumer)
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         if not self._uncommitted:

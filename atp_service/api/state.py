@@ -83,6 +83,8 @@ class ApiState:
             max_entries=self.settings.api_position_copy_entries,
             max_staleness_seconds=self.settings.api_position_copy_max_staleness_seconds,
         )
+        # This process's own writes reach its copy at once (a read after a write sees it).
+        self._store.own_changes.append(self._positions.apply_lines)
 
     @property
     def redis(self) -> aioredis.Redis:

@@ -2,8 +2,9 @@
 
 Every script that changes a position also publishes the position as it now is on
 ``keys.CHANGES_CHANNEL`` (``announce`` in ``lua/_lib.lua``). ``PositionCache`` subscribes to
-that channel, keeps a bounded copy of the positions it has been asked for, replaces an
-entry whenever a newer version of it arrives, and reads what it lacks from Redis.
+that channel and keeps a bounded copy of positions: those it was asked for, and, while there
+is room, every one announced (a change is a read for free); it replaces an entry whenever a
+newer version of it arrives, and reads what it lacks from Redis.
 
 How stale an answer can be, and why:
 
@@ -243,13 +244,18 @@ class PositionCache:
 
     # -- keeping current -----------------------------------------------------------------
 
+    def apply_lines(self, text: str) -> None:
+        """Announced changes, a line each (a batch announces its positions together)."""
+        for line in text.split("\n"):
+            self.apply(line)
+
     def apply(self, text: str) -> None:
         """One announced change (also usable by tests without a subscription)."""
         ident = text.partition(" ")[0]
         entries = self._entries
         current = entries.get(ident)
-        if current is None and ident not in self._filling:
-            return  # nobody asked for it: nothing to keep current
+        if current is None and ident not in self._filling and len(entries) >= self.max_entries:
+            return  # full: only what was asked for is kept current
         try:
             _, held = _raw_from_announcement(text)
         except (ValueError, IndexError):
@@ -259,10 +265,12 @@ class PositionCache:
         if current is not None:
             if held[VERSION] > current[VERSION]:
                 entries[ident] = held
-        else:
+        elif ident in self._filling:
             earlier = self._announced_while_filling.get(ident)
             if earlier is None or held[VERSION] > earlier[VERSION]:
                 self._announced_while_filling[ident] = held
+        else:
+            entries[ident] = held  # room left: a change announced is a position read for free
         lag = time.time() - held[AS_OF_MS] / 1000
         if lag >= 0:
             _PUSH_LAG.observe(lag)
@@ -281,8 +289,7 @@ class PositionCache:
             return  # a ping's reply
         kind = message[0]
         if kind == "message":
-            for line in message[2].split("\n"):  # a batch announces its positions together
-                self.apply(line)
+            self.apply_lines(message[2])
         elif kind == "subscribe":
             # The first subscription, or redis-py's re-subscription after a reconnect: what
             # was published in between is lost, so start again from Redis.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from hashlib import blake2b
@@ -272,11 +272,21 @@ class RedisStore:
         self._window = dedup_window_seconds * 1000
         self._window_ms = str(self._window)
         self._dedup_chunks = dedup_chunks
+        #: Told, right away, of the positions this process's own scripts changed (the API's
+        #: in-process copy: a read after a write sees the write). Lines as ``announce``.
+        self.own_changes: list[Callable[[str], None]] = []
         self._group_prefixes = [f"{k.PREFIX}:{k.tag(g)}:" for g in range(keys.groups)]
         self._fold: AsyncScript = client.register_script(_load_lua("fold.lua"))
         self._set_safety_stock: AsyncScript = client.register_script(
             _load_lua("set_safety_stock.lua")
         )
+
+    def changed_here(self, announced: Any) -> None:
+        """Hand what a script of this process announced to the ``own_changes`` listeners."""
+        if announced and self.own_changes:
+            text = announced.decode() if isinstance(announced, bytes) else str(announced)
+            for listener in self.own_changes:
+                listener(text)
 
     def register_script(self, name: str) -> AsyncScript:
         """Load ``lua/<name>`` with the shared helpers prepended (for other adapters' scripts)."""
@@ -464,7 +474,7 @@ class RedisStore:
     ) -> int:
         """Set (or with None clear) the item-site's safety-stock override; returns version."""
         ks = self.keys.item_site(item.sku, item.site)
-        version = await self._set_safety_stock(
+        version, announced = await self._set_safety_stock(
             keys=[ks.position, ks.outbox],
             args=[
                 item.sku,
@@ -475,6 +485,7 @@ class RedisStore:
                 correlation_id,
             ],
         )
+        self.changed_here(announced)
         return int(version)
 
     # -- outbox ------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ class ReservationStore:
             "h": request.fingerprint(),
             "lines": [{"s": ln.sku, "t": ln.site, "q": ln.qty} for ln in request.lines],
         }
-        outcome, _status, payload = await self._reserve(
+        outcome, _status, payload, *announced = await self._reserve(
             keys=script_keys,
             args=[
                 orjson.dumps(body),
@@ -166,6 +166,8 @@ class ReservationStore:
                 self._idempotency_ttl_ms,
             ],
         )
+        if announced:
+            self.store.changed_here(announced[0])
         if outcome == "conflict":
             raise IdempotencyConflict(idempotency_key_value)
         decoded = orjson.loads(payload)
@@ -209,11 +211,12 @@ class ReservationStore:
         lines = await self.redis.hget(res.record, "ln")
         if lines is None:
             raise ReservationNotFound(reservation_id)
-        outcome, flat, expired_now = await self._transition(
+        outcome, flat, expired_now, announced = await self._transition(
             keys=self._transition_keys(reservation_id, str(lines)),
             args=[reservation_id, transition.value, book.lua_json, correlation_id,
                   self._ended_retention_ms],
         )  # fmt: skip
+        self.store.changed_here(announced)
         if outcome == "missing":
             raise ReservationNotFound(reservation_id)
         if expired_now:  # this call found the TTL passed before the sweeper did
@@ -271,8 +274,10 @@ class ReservationStore:
         for result in await pipe.execute(raise_on_error=False):
             if isinstance(result, Exception):
                 log.warning("expiring a reservation failed: %s", result)
-            elif result[0] == "changed":
-                expired += 1
+            else:
+                self.store.changed_here(result[3] if len(result) > 3 else "")
+                if result[0] == "changed":
+                    expired += 1
         if expired:
             metrics.RESERVATIONS.labels(ReservationStatus.EXPIRED.value).inc(expired)
         return expired

@@ -150,3 +150,35 @@ async def test_a_redis_restart_drops_the_copy_and_reads_come_from_the_new_redis(
         stop.set()
         await task
         await client.aclose()
+
+
+async def test_a_write_of_this_process_is_in_its_copy_before_the_write_returns(
+    store: RedisStore, redis_client: aioredis.Redis
+) -> None:
+    sku, site = random_sku(), random_site()
+    item = ItemSite(sku, site)
+    await store.fold(delta(sku, site, Bucket.ON_HAND, 10), OPEN)
+    # A copy that hears nothing from the channel: only the scripts' own answers reach it.
+    deaf = PositionCache(redis_client, store, max_entries=100, max_staleness_seconds=60)
+    deaf._on_message(["subscribe", "atp:changes", 1])
+    [before] = await deaf.read([item])
+    assert (before.on_hand, before.reserved) == (10, 0)
+    store.own_changes.append(deaf.apply_lines)
+    reservations = ReservationStore(store, idempotency_ttl_seconds=86_400)
+    try:
+        rid = f"res_{uuid.uuid4().hex}"
+        await reservations.reserve(
+            ReservationRequest("web", (LineRequest(sku, site, 3),)),
+            reservation_id=rid, principal="oms",
+            idempotency_key_value=uuid.uuid4().hex, correlation_id="c", book=OPEN,
+        )  # fmt: skip
+        [held] = await deaf.read([item])
+        await reservations.release(rid, correlation_id="c", book=OPEN)
+        [released] = await deaf.read([item])
+        await store.set_safety_stock(item, 4, OPEN, correlation_id="c", change_id="ss-own")
+        [overridden] = await deaf.read([item])
+    finally:
+        store.own_changes.remove(deaf.apply_lines)
+    assert held.reserved == 3
+    assert released.reserved == 0
+    assert overridden.safety_stock_override == 4

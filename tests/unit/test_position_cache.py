@@ -103,10 +103,17 @@ async def test_a_change_announced_while_a_fill_is_in_flight_wins_over_the_older_
     assert len(store.reads) == 1
 
 
-async def test_announcements_of_item_sites_nobody_read_are_not_kept() -> None:
-    cache = subscribed_cache(FakeStore())
-    cache.apply(announcement(1, 5, ident="SKU-9@DC-WEST"))
-    assert len(cache) == 0
+async def test_announced_item_sites_are_kept_while_there_is_room_then_only_those_read() -> None:
+    store = FakeStore()
+    cache = subscribed_cache(store, max_entries=2)
+    cache.apply(announcement(1, 5, ident="SKU-8@DC-WEST"))
+    [pos] = await cache.read([ItemSite("SKU-8", "DC-WEST")])
+    assert (pos.on_hand, store.reads) == (5, [])  # served without asking Redis
+    cache.apply(announcement(1, 6, ident="SKU-9@DC-WEST"))
+    cache.apply(announcement(1, 7, ident="SKU-7@DC-WEST"))  # full: not kept
+    assert len(cache) == 2
+    await cache.read([ItemSite("SKU-7", "DC-WEST")])
+    assert store.reads == [[ItemSite("SKU-7", "DC-WEST")]]
 
 
 async def test_a_fill_started_before_the_copy_was_dropped_is_not_installed() -> None:

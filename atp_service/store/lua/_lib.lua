@@ -123,8 +123,8 @@ local function begin_batch()
   outbox_buffers = {}
 end
 
-local function emit(outbox, key, event)
-  local value = cjson.encode(event)
+-- emit() with the value already encoded.
+local function emit_json(outbox, key, value)
   if outbox_buffers == nil then
     redis.call('XADD', outbox, '*', 'k', key, 'v', value)
     return
@@ -137,30 +137,48 @@ local function emit(outbox, key, event)
   lines[#lines + 1] = key .. '\31' .. value
 end
 
+local function emit(outbox, key, event)
+  emit_json(outbox, key, cjson.encode(event))
+end
+
+-- Returns what it announced ('' if nothing), for the caller's own copy (read your writes).
 local function flush_batch()
   for outbox, lines in pairs(outbox_buffers) do
     redis.call('XADD', outbox, '*', 'b', table.concat(lines, '\n'))
   end
-  if #announcements > 0 then
-    redis.call('PUBLISH', 'atp:changes', table.concat(announcements, '\n'))
-  end
+  local announced = table.concat(announcements, '\n')
+  if announced ~= '' then redis.call('PUBLISH', 'atp:changes', announced) end
   outbox_buffers = nil
   announcements = nil
+  return announced
 end
 
--- availability.changed for each channel whose ATP moved.
+-- iso8601(ms) of the script's clock, made once per script (every change shares it).
+local iso_ms, iso_text = nil, nil
+local function iso_of(ms)
+  if ms ~= iso_ms then
+    iso_ms, iso_text = ms, iso8601(ms)
+  end
+  return iso_text
+end
+
+-- availability.changed for each channel whose ATP moved. Written as text, the hottest JSON
+-- of the service: sku, site and channel are checked identifiers (no character to escape);
+-- the event id and the correlation id are encoded.
 local function emit_changes(outbox, before, after, sku, site, version, ms, cause_id, corr)
   local n = 0
+  local key = sku .. '@' .. site
+  local corr_json = 'null'
+  if corr ~= nil and corr ~= cjson.null then corr_json = cjson.encode(corr) end
   for channel, atp in pairs(after) do
     local prev = before[channel] or 0
     if prev ~= atp then
-      emit(outbox, sku .. '@' .. site, {
-        schema = 'atp.event.v1', type = 'availability.changed',
-        event_id = 'chg:' .. cause_id .. ':' .. channel,
-        occurred_at = iso8601(ms), correlation_id = corr or cjson.null,
-        sku = sku, site = site, channel = channel, atp = atp, previous_atp = prev,
-        version = version,
-      })
+      emit_json(outbox, key, '{"schema":"atp.event.v1","type":"availability.changed","event_id":'
+        .. cjson.encode('chg:' .. cause_id .. ':' .. channel) .. ',"occurred_at":"' .. iso_of(ms)
+        .. '","correlation_id":' .. corr_json .. ',"sku":"' .. sku .. '","site":"' .. site
+        .. '","channel":"' .. channel .. '","atp":' .. string.format('%d', atp)
+        .. ',"previous_atp":' .. string.format('%d', prev)
+        .. ',"version":' .. string.format('%d', version) .. '}')
       n = n + 1
     end
   end

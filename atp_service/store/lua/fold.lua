@@ -92,14 +92,13 @@ local function fold_one(ev, k, fingerprint)
 
   local pos = load_position(pos_key)
   local writes = {}  -- field, value, field, value, ...: one HSET at the end
-  local function set(f, v) writes[#writes + 1] = f; writes[#writes + 1] = v end
   local seq_field = 'q:' .. ev.src
   if ev.seq >= 0 then
     local last = tonumber(pos.raw[seq_field] or '-1')
     if ev.seq <= last then
       return 'stale', 0, 0, ''
     end
-    set(seq_field, ev.seq)
+    writes[1] = seq_field; writes[2] = ev.seq
   end
 
   local before = channel_atps(pos, policies, ev.site, today)
@@ -112,13 +111,19 @@ local function fold_one(ev, k, fingerprint)
       changed = true
       if ev.b == 'it' then
         local new = (pos.t[ev.eta] or 0) + ev.d
-        if new == 0 then deletes[1] = 't:' .. ev.eta else set('t:' .. ev.eta, new) end
+        if new == 0 then
+          deletes[1] = 't:' .. ev.eta
+        else
+          writes[#writes + 1] = 't:' .. ev.eta; writes[#writes + 1] = new
+        end
         pos.t[ev.eta] = new
       else
         pos[ev.b] = pos[ev.b] + ev.d
-        set(ev.b, pos[ev.b])
+        writes[#writes + 1] = ev.b; writes[#writes + 1] = pos[ev.b]
         if ev.b == 'al' and ev.rid and ev.d > 0 and consuming then
-          if consume_reservation(ev, pos) > 0 then set('rs', pos.rs) end
+          if consume_reservation(ev, pos) > 0 then
+            writes[#writes + 1] = 'rs'; writes[#writes + 1] = pos.rs
+          end
         end
       end
     end
@@ -149,7 +154,7 @@ local function fold_one(ev, k, fingerprint)
           pos.t = {}
           for eta, n in pairs(wanted) do
             if n ~= 0 then
-              set('t:' .. eta, n)
+              writes[#writes + 1] = 't:' .. eta; writes[#writes + 1] = n
               pos.t[eta] = n
             end
           end
@@ -157,7 +162,7 @@ local function fold_one(ev, k, fingerprint)
       elseif folded ~= qty then
         changed = true
         pos[bucket] = qty
-        set(bucket, qty)
+        writes[#writes + 1] = bucket; writes[#writes + 1] = qty
       end
     end
     if any_drift then
@@ -182,8 +187,8 @@ local function fold_one(ev, k, fingerprint)
     return 'unchanged', pos.v, 0, drift_json
   end
   pos.v, pos.ts = pos.v + 1, ms
-  set('v', pos.v)
-  set('ts', ms)
+  writes[#writes + 1] = 'v'; writes[#writes + 1] = pos.v
+  writes[#writes + 1] = 'ts'; writes[#writes + 1] = ms
   redis.call('HSET', pos_key, unpack(writes))
   announce(ev.sku, ev.site, pos)
   local after = channel_atps(pos, policies, ev.site, today)

@@ -7,8 +7,8 @@
 --         lines = [{s = sku, t = site, q = qty}]}
 -- ARGV[2] the channel's policy (a one-element PolicyBook encoding), ARGV[3] every policy
 -- (PolicyBook encoding, for availability.changed), ARGV[4] idempotency record TTL in ms.
--- Returns {outcome, http status, payload JSON}; outcome is 'held', 'insufficient',
--- 'replay' (payload and status of the first call) or 'conflict'.
+-- Returns {outcome, http status, payload JSON, announced positions ('' if none)}; outcome
+-- is 'held', 'insufficient', 'replay' (payload and status of the first call) or 'conflict'.
 
 local idem_key, res_key, expiry_key, res_outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local req = cjson.decode(ARGV[1])
@@ -97,5 +97,4 @@ emit(res_outbox, req.id, {
 fields.id = req.id
 local body = cjson.encode(fields)
 redis.call('SET', idem_key, cjson.encode({h = req.h, c = 201, b = body}), 'PX', idem_ttl)
-flush_batch()
-return {'held', 201, body}
+return {'held', 201, body, flush_batch()}

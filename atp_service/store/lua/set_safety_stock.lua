@@ -1,7 +1,7 @@
 -- Set or clear the safety-stock override of one item-site and publish what it moved.
 -- KEYS[1] position hash, KEYS[2] outbox stream.
 -- ARGV: sku, site, override ('' clears it), policies JSON, change id, correlation id.
--- Returns the item-site's version.
+-- Returns {the item-site's version, the position announced ('' if unchanged)}.
 
 local pos_key, outbox = KEYS[1], KEYS[2]
 local sku, site, override = ARGV[1], ARGV[2], ARGV[3]
@@ -13,8 +13,9 @@ local pos = load_position(pos_key)
 local current = pos.ss
 local wanted = false
 if override ~= '' then wanted = tonumber(override) end
-if current == wanted then return pos.v end
+if current == wanted then return {pos.v, ''} end
 
+begin_batch()
 local before = channel_atps(pos, policies, site, today)
 if wanted then
   redis.call('HSET', pos_key, 'ss', wanted)
@@ -28,4 +29,4 @@ pos.v, pos.ts = version, ms
 announce(sku, site, pos)
 local after = channel_atps(pos, policies, site, today)
 emit_changes(outbox, before, after, sku, site, version, ms, ARGV[5], ARGV[6])
-return version
+return {version, flush_batch()}

@@ -7,7 +7,8 @@
 -- ARGV[5] how long an ended reservation is kept, in ms.
 -- A held reservation whose TTL has passed is expired first, whatever was asked: expiry
 -- does not depend on the sweeper having run.
--- Returns {outcome, flat HGETALL of the record, 1 if this call expired it else 0};
+-- Returns {outcome, flat HGETALL of the record, 1 if this call expired it else 0,
+-- the positions it announced ('' if none)};
 -- outcome is 'changed', 'unchanged' (an idempotent repeat, or nothing due), 'invalid'
 -- or 'missing'.
 
@@ -21,7 +22,7 @@ end
 
 if redis.call('EXISTS', res_key) == 0 then
   redis.call('ZREM', expiry_key, rid)
-  return {'missing', {}, 0}
+  return {'missing', {}, 0, ''}
 end
 
 local flat = redis.call('HGETALL', res_key)
@@ -110,5 +111,5 @@ elseif rec.st ~= 'held' then  -- expire
   redis.call('ZREM', expiry_key, rid)
 end
 
-flush_batch()
-return {outcome, redis.call('HGETALL', res_key), expired_now}
+local announced = flush_batch()
+return {outcome, redis.call('HGETALL', res_key), expired_now, announced}
