@@ -6,6 +6,7 @@ import contextvars
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,26 +25,35 @@ _STANDARD_ATTRS = frozenset(
 _SECRET_KEYS = frozenset({"authorization", "api_key", "key", "password", "token", "secret"})
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, correlation_id, extras.
-
-    Written once per HTTP request, so it is kept cheap: the second of the timestamp is
-    formatted once per second, and orjson encodes the line.
-    """
+class _Timestamps:
+    """``2026-11-23T05:00:00.123+00:00`` of a ``time.time()``, the second formatted once."""
 
     def __init__(self) -> None:
-        super().__init__()
         self._second = -1
         self._second_text = ""
 
-    def _timestamp(self, created: float) -> str:
+    def __call__(self, created: float) -> str:
         second = int(created)
         if second != self._second:
             self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
             self._second = second
         return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
 
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, correlation_id, extras.
+
+    A record carrying ``preformatted`` (``AccessLog``) is those lines already.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._timestamp = _Timestamps()
+
     def format(self, record: logging.LogRecord) -> str:
+        preformatted = getattr(record, "preformatted", None)
+        if preformatted is not None:
+            return str(preformatted)
         line: dict[str, Any] = {
             "ts": self._timestamp(record.created),
             "level": record.levelname.lower(),
@@ -64,6 +74,56 @@ class JsonFormatter(logging.Formatter):
             return orjson.dumps(line, default=str).decode()
         except TypeError:  # e.g. an int beyond 64 bits among the extras
             return json.dumps(line, default=str, separators=(",", ":"))
+
+
+class AccessLog:
+    """The API's line per request, as ``JsonFormatter`` writes lines, handed to logging in
+    batches (``flush``, every 0.1 s from the API's background tasks, or when
+    ``max_pending`` lines wait): a ``LogRecord``, a handler lock and a stream flush per
+    request cost about as much as FastAPI's own work on a request. A line is written at
+    most about 0.1 s late; other logging is not affected.
+    """
+
+    def __init__(self, name: str = "atp.access", max_pending: int = 1000) -> None:
+        self.logger = logging.getLogger(name)
+        self.max_pending = max_pending
+        self._pending: list[tuple[float, str, str, int, float, str]] = []
+        self._timestamp = _Timestamps()
+
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def record(
+        self, method: str, route: str, status: int, duration_ms: float, correlation: str
+    ) -> None:
+        self._pending.append((time.time(), method, route, status, duration_ms, correlation))
+        if len(self._pending) >= self.max_pending:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        name, stamp = self.logger.name, self._timestamp
+        lines = [
+            orjson.dumps(
+                {
+                    "ts": stamp(created),
+                    "level": "info",
+                    "logger": name,
+                    "msg": f"{method} {route} {status}",
+                    "correlation_id": correlation,
+                    "status": status,
+                    "duration_ms": duration_ms,
+                }
+            ).decode()
+            for created, method, route, status, duration_ms, correlation in pending
+        ]
+        record = self.logger.makeRecord(
+            name, logging.INFO, "", 0, "%d requests", (len(lines),), None
+        )
+        record.preformatted = "\n".join(lines)
+        self.logger.handle(record)
 
 
 def _skip_unused_record_fields() -> None:

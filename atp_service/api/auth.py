@@ -90,8 +90,14 @@ class ScopedBearer(HTTPBearer):
         self._forbidden_challenge = f'{_CHALLENGE}, error="insufficient_scope", scope="{scope}"'
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
-        keyring: KeyRing = request.app.state.atp.keyring
-        token = _bearer_token(request.headers.get("authorization"))
+        scope = request.scope
+        keyring: KeyRing = scope["app"].state.atp.keyring
+        authorization: str | None = None
+        for name, value in scope["headers"]:  # as Request.headers would, without building it
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        token = _bearer_token(authorization)
         if token is None:
             raise ProblemError(
                 401,
@@ -107,9 +113,9 @@ class ScopedBearer(HTTPBearer):
                 "the API key is not known",
                 headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
             )
-        limiter = request.app.state.atp.rate_limiter
-        if limiter is not None and _RATE_COUNTED not in request.scope:
-            request.scope[_RATE_COUNTED] = True  # one token a request, however many scopes
+        limiter = scope["app"].state.atp.rate_limiter
+        if limiter is not None and _RATE_COUNTED not in scope:
+            scope[_RATE_COUNTED] = True  # one token a request, however many scopes
             limiter.check(principal.name)
         if self.scope not in principal.scopes:
             raise ProblemError(

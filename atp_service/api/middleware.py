@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -15,8 +16,6 @@ from atp_service import logs, metrics
 from atp_service.api.errors import internal_error
 
 log = logging.getLogger(__name__)
-#: One info line per request (method, route, status, duration), with its correlation id.
-access_log = logging.getLogger("atp.access")
 
 CORRELATION_HEADER = b"x-correlation-id"
 #: Where the request's correlation id lives in the ASGI scope (read it with ``deps``).
@@ -27,8 +26,24 @@ _UNMATCHED = "unmatched"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+#: The API's line per request (written in batches; the API state flushes it).
+ACCESS_LOG = logs.AccessLog()
+
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    global _ID_PREFIX
+    _ID_PREFIX = os.urandom(8).hex()
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)  # uvicorn workers forked from one parent
+
+
 def new_correlation_id() -> str:
-    return os.urandom(16).hex()
+    """32 hex digits, unique: a random prefix per process and a counter."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 class RequestContextMiddleware:
@@ -88,12 +103,6 @@ class RequestContextMiddleware:
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             elapsed = time.perf_counter() - started
             self._histogram(method, template, status).observe(elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "%s %s %d",
-                    method,
-                    template,
-                    status,
-                    extra={"status": status, "duration_ms": round(elapsed * 1000, 3)},
-                )
+            if ACCESS_LOG.enabled():
+                ACCESS_LOG.record(method, template, status, round(elapsed * 1000, 3), cid)
             logs.correlation_id.reset(token)

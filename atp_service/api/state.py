@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from atp_service.api.auth import KeyRing
 from atp_service.api.limits import rate_limiter
+from atp_service.api.middleware import ACCESS_LOG
 from atp_service.config import EVENTS_TOPIC, Settings
 from atp_service.domain import ChannelPolicy
 from atp_service.events import KafkaPublisher, OutboxRelay, relay_consumer_name
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 STORE_ERRORS: tuple[type[BaseException], ...] = (StoreUnavailable, RedisError, *UNAVAILABLE_ERRORS)
 
 POLICY_POLL_SECONDS = 0.5
+ACCESS_LOG_FLUSH_SECONDS = 0.1
 SITES_POLL_SECONDS = 1.0
 _KAFKA_RETRY_MAX_SECONDS = 5.0
 
@@ -212,6 +214,7 @@ class ApiState:
 
     def start_background(self, tasks: list[BackgroundTask], *, relay: bool) -> None:
         self.start_task("atp-policy-refresh", self._refresh_forever(self.stop))
+        self.start_task("atp-access-log", _flush_access_log(self.stop))
         if self.settings.api_position_copy_entries:
             self.start_task("atp-position-copy", self.positions.run(self.stop))
         if relay:
@@ -232,6 +235,16 @@ class ApiState:
             with contextlib.suppress(BaseException):
                 await task
         self._tasks.clear()
+
+
+async def _flush_access_log(stop: asyncio.Event) -> None:
+    """Hand the request lines to logging every 0.1 s, and once more at the end."""
+    try:
+        while not stop.is_set():
+            await wait_or_stop(stop, ACCESS_LOG_FLUSH_SECONDS)
+            ACCESS_LOG.flush()
+    finally:
+        ACCESS_LOG.flush()
 
 
 async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:

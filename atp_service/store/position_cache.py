@@ -139,6 +139,9 @@ class PositionCache:
         self._generation = 0
         self._connected = False  # subscribed on the current connection
         self._last_heard = 0.0  # monotonic time of the last message on the subscription
+        # Counted here, handed to Prometheus by ``run`` (a counter's lock per read is dear).
+        self._copy_reads = 0
+        self._redis_reads = 0
 
     # -- reading -------------------------------------------------------------------------
 
@@ -174,13 +177,13 @@ class PositionCache:
             if held is None:
                 return None
             found.append(held)
-        _FROM_COPY.inc(len(found))
+        self._copy_reads += len(found)
         return found
 
     async def read_raw(self, items: Sequence[ItemSite]) -> list[RawPosition]:
         """``read``, as the copy holds positions (``RawPosition``)."""
         if not self.max_entries or not self.current:
-            _FROM_REDIS.inc(len(items))
+            self._redis_reads += len(items)
             return [raw(p) for p in await self._store.read_positions(items)]
         entries = self._entries
         found: list[RawPosition | None] = []
@@ -192,11 +195,11 @@ class PositionCache:
             if held is None:
                 missing.setdefault(ident, []).append(i)
         if missing:
-            _FROM_COPY.inc(len(items) - len(missing))
-            _FROM_REDIS.inc(len(missing))
+            self._copy_reads += len(items) - len(missing)
+            self._redis_reads += len(missing)
             await self._fill(items, missing, found)
         else:
-            _FROM_COPY.inc(len(items))
+            self._copy_reads += len(items)
         return found  # type: ignore[return-value]  # every None was filled
 
     async def _fill(
@@ -275,6 +278,15 @@ class PositionCache:
         if lag >= 0:
             _PUSH_LAG.observe(lag)
 
+    def publish_counts(self) -> None:
+        """Add the reads counted since the last call to ``atp_position_reads_total``."""
+        copy, redis_ = self._copy_reads, self._redis_reads
+        self._copy_reads = self._redis_reads = 0
+        if copy:
+            _FROM_COPY.inc(copy)
+        if redis_:
+            _FROM_REDIS.inc(redis_)
+
     def _drop(self, why: str) -> None:
         if self._entries:
             log.info("position copy dropped (%s)", why)
@@ -312,6 +324,7 @@ class PositionCache:
                     if now >= next_ping:
                         await pubsub.ping()
                         next_ping = now + self.ping_seconds
+                        self.publish_counts()
                     backoff = 0.1
             except asyncio.CancelledError:
                 raise

@@ -195,6 +195,20 @@ async def test_the_api_serves_what_the_fold_wrote(
     assert one.json()["atp"] == 12 and one.json()["sites"][0]["version"] == 1
     assert [item["atp"] for item in batch.json()["items"]] == [5, 12]
     assert one.headers["x-correlation-id"]
+    # One JSON line per request in the API's log, with the request's correlation id.
+    wanted = one.headers["x-correlation-id"]
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [
+            json.loads(line)
+            for line in api_on_stack.log.read_text(errors="replace").splitlines()
+            if line.startswith("{") and '"atp.access"' in line
+        ]
+        mine = [line for line in lines if line.get("correlation_id") == wanted]
+        if mine or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert [(x["msg"], x["status"]) for x in mine] == [("GET /v1/availability/{sku:path} 200", 200)]
 
 
 async def test_a_safety_stock_change_reaches_kafka_with_the_request_correlation_id(

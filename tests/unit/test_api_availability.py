@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.datastructures import QueryParams
 
+from atp_service.api.routes.availability import _channel_and_site
 from atp_service.domain import Bucket, ItemSite, ItemSitePosition
 from tests.random_refs import random_sku
 from tests.unit.api_harness import READER, Api, make_settings, running_api
@@ -234,3 +236,16 @@ async def test_an_invalid_batch_item_is_422_naming_its_index(api: Api) -> None:
         "body.items.1.site",
         "body.items.2.x",
     ]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        b"channel=web", b"channel=web&site=DC-EAST", b"site=A&channel=b2b&channel=x",
+        b"channel=w%65b", b"ch%61nnel=web&site=S+1", b"", b"channel", b"channel=&site=",
+        b"x=1&channel=web", b"site=%E9", b"channel=a%2Bb", b"site=a&site=b&=c&&channel",
+    ],
+)  # fmt: skip
+def test_the_hot_route_reads_channel_and_site_as_starlette_does(query: bytes) -> None:
+    params = QueryParams(query)
+    assert _channel_and_site(query) == (params.get("channel"), params.get("site"))

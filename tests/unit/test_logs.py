@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
-from atp_service.logs import JsonFormatter, correlation_id
+from atp_service.logs import AccessLog, JsonFormatter, correlation_id
 
 
 def _record(msg: str, **extra: object) -> logging.LogRecord:
@@ -37,3 +38,28 @@ def test_secrets_passed_as_extras_are_redacted() -> None:
 
 def test_no_correlation_id_field_outside_a_request() -> None:
     assert "correlation_id" not in json.loads(JsonFormatter().format(_record("idle")))
+
+
+def test_the_access_log_writes_a_json_line_per_request_in_batches() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    access = AccessLog("atp.test.access", max_pending=3)
+    access.logger.addHandler(handler)
+    access.logger.setLevel(logging.INFO)
+    access.logger.propagate = False
+    try:
+        access.record("GET", "/v1/availability/{sku:path}", 200, 1.25, "ord-1")
+        access.record("POST", "/v1/reservations", 409, 3.5, "ord-2")
+        assert stream.getvalue() == ""  # waiting for the flush
+        access.flush()
+        access.flush()  # nothing new: nothing written
+    finally:
+        access.logger.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(x["msg"], x["status"], x["duration_ms"], x["correlation_id"]) for x in lines] == [
+        ("GET /v1/availability/{sku:path} 200", 200, 1.25, "ord-1"),
+        ("POST /v1/reservations 409", 409, 3.5, "ord-2"),
+    ]
+    assert all(x["level"] == "info" and x["logger"] == "atp.test.access" for x in lines)
+    assert all(x["ts"].endswith("+00:00") for x in lines)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import weakref
 from collections.abc import Sequence
 from datetime import date
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 from fastapi import APIRouter, Request
@@ -65,8 +67,8 @@ def _site_body(site: str, pos: ItemSitePosition, atp: int) -> dict[str, Any]:
     }
 
 
-#: Rendered site answers kept per channel, at most (a bounded share of the copy's hot set).
-_RENDERED_MAX = 100_000
+#: Rendered site answers kept per channel, at most (about 230 bytes each).
+_RENDERED_MAX = 200_000
 _Rendered = tuple[RawPosition, int, orjson.Fragment, int]  # position, atp, JSON, day
 
 
@@ -86,10 +88,13 @@ class _RenderedSites:
 
     def of(self, channel: str) -> dict[str, _Rendered]:
         rendered = self.by_channel.get(channel)
-        if rendered is None or len(rendered) >= _RENDERED_MAX:
+        if rendered is None:
             if len(self.by_channel) >= 64:  # channel names come from requests
                 self.by_channel.clear()
             rendered = self.by_channel[channel] = {}
+        elif len(rendered) >= _RENDERED_MAX:
+            for ident in list(itertools.islice(rendered, _RENDERED_MAX // 10)):
+                del rendered[ident]  # the oldest tenth: a cheap, bounded FIFO
         return rendered
 
 
@@ -208,10 +213,9 @@ async def get_availability(request: Request) -> Response:
     # and dependency solving costs more than the rest of the route (Redis aside). The
     # checks and the 422 they give are the same as elsewhere; OpenAPI is declared above.
     await _read_scope(request)
-    sku: str = request.path_params["sku"]
-    query = request.query_params
-    channel = query.get("channel")
-    site = query.get("site")
+    scope = request.scope
+    sku: str = scope["path_params"]["sku"]
+    channel, site = _channel_and_site(scope["query_string"])
     errors: list[dict[str, Any]] = []
     if not is_valid_sku(sku):
         errors.append(_mismatch(("path", "sku"), SKU_REGEX))
@@ -223,9 +227,33 @@ async def get_availability(request: Request) -> Response:
         errors.append(_mismatch(("query", "site"), SITE_REGEX))
     if errors or channel is None:
         raise RequestValidationError(errors)
-    state: ApiState = request.app.state.atp
+    state: ApiState = scope["app"].state.atp
     (answer,) = await availability(state, channel, ((sku, site),))
     return Response(orjson.dumps(answer), media_type="application/json")
+
+
+def _channel_and_site(query_string: bytes) -> tuple[str | None, str | None]:
+    """``channel`` and ``site`` of a query string, as ``Request.query_params`` reads them
+    (the last of a repeated name wins, ``+`` and %-escapes decoded), without the rest of
+    its work. tests/unit/test_api_availability.py compares the two."""
+    channel = site = None
+    if not query_string:
+        return None, None
+    for pair in query_string.decode("latin-1").split("&"):
+        name, _, value = pair.partition("=")
+        if "%" in name or "+" in name:
+            name = _decoded(name)
+        if name == "channel":
+            channel = _decoded(value)
+        elif name == "site":
+            site = _decoded(value)
+    return channel, site
+
+
+def _decoded(text: str) -> str:
+    if "%" in text or "+" in text:
+        return unquote_plus(text)
+    return text
 
 
 @router.post(
