@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
+from pydantic import BaseModel
 
 from atp_service.api.errors import install_error_handlers
 from atp_service.api.limits import BodyLimitMiddleware
 from atp_service.api.middleware import RequestContextMiddleware
 from atp_service.api.routes import ROUTERS
-from atp_service.api.routes.reservations import run_expiry_sweeper
+from atp_service.api.routes.reservations import DOCUMENTED_MODELS, run_expiry_sweeper
 from atp_service.api.state import STORE_ERRORS, ApiState, BackgroundTask
 from atp_service.config import Settings, get_settings
 from atp_service.store import connect
@@ -35,6 +37,25 @@ def telemetry_config(settings: Settings) -> TelemetryConfig:
     """
     on = settings.api_opentelemetry
     return {"tracing": on, "metrics": on, "logs": on, "operation_spans": on}
+
+
+def document_models(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Put ``models`` (bodies routes read by hand, ``api/bodies.py``) into the OpenAPI
+    document's components, where their ``requestBody`` refers to them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, sub in schema.pop("$defs", {}).items():
+                    schemas.setdefault(name, sub)
+                schemas.setdefault(model.__name__, schema)
+        return app.openapi_schema  # type: ignore[return-value]  # set by generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -82,6 +103,7 @@ def create_app(
     install_error_handlers(app, retry_after=settings.redis_retry_after_seconds)
     for router in ROUTERS:
         app.include_router(router)
+    document_models(app, DOCUMENTED_MODELS)
     # Inside the request context, so a 413 carries the correlation id and is timed.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestContextMiddleware)

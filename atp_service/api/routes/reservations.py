@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Path, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +21,7 @@ from pydantic import (
 )
 from starlette.responses import Response
 
+from atp_service.api.bodies import documented_body, json_body
 from atp_service.api.deps import ReservationsWriter, correlation_id_of
 from atp_service.api.errors import ProblemError
 from atp_service.api.schemas import MAX_QUANTITY, PROBLEM_RESPONSES, Channel, SiteCode, Sku
@@ -177,6 +177,7 @@ _IDEMPOTENCY_KEY: TypeAdapter[str] = TypeAdapter(
     Annotated[str, StringConstraints(min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)]
 )
 _CREATE_OPENAPI: dict[str, Any] = {
+    "requestBody": documented_body(ReservationIn),
     "parameters": [
         {
             "name": _IDEMPOTENCY_HEADER,
@@ -191,27 +192,31 @@ _CREATE_OPENAPI: dict[str, Any] = {
             },
             "description": _IDEMPOTENCY_DESCRIPTION,
         }
-    ]
+    ],
 }
 
 
-def idempotency_key(request: Request) -> str:
-    """The request's ``Idempotency-Key``, or a 422 naming the header."""
+def idempotency_key(request: Request) -> tuple[str | None, list[dict[str, Any]]]:
+    """The request's ``Idempotency-Key``, or the errors naming the header."""
     value = request.headers.get(_IDEMPOTENCY_HEADER)
     if value is None:
-        raise RequestValidationError(
-            [{"type": "missing", "loc": ("header", _IDEMPOTENCY_HEADER), "msg": "Field required"}]
-        )
+        return None, [
+            {"type": "missing", "loc": ("header", _IDEMPOTENCY_HEADER), "msg": "Field required"}
+        ]
     try:
-        return _IDEMPOTENCY_KEY.validate_python(value)
+        return _IDEMPOTENCY_KEY.validate_python(value), []
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("header", _IDEMPOTENCY_HEADER, *e["loc"])} for e in exc.errors()]
-        ) from None
+        return None, [
+            {**e, "loc": ("header", _IDEMPOTENCY_HEADER, *e["loc"])} for e in exc.errors()
+        ]
 
 
 def _json(body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code, headers, media_type="application/json")
+
+
+#: Bodies read by hand, documented as components of the OpenAPI document (app.py).
+DOCUMENTED_MODELS: list[type[BaseModel]] = [ReservationIn]
 
 
 def new_reservation_id() -> str:
@@ -223,9 +228,10 @@ def new_reservation_id() -> str:
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
-# The routes take the request and the caller (and the body, path parameter) only: FastAPI's
-# dependency solving per request costs more than the rest of the route, Redis aside. The
-# header they read by hand is declared in the OpenAPI document as FastAPI would.
+# The routes take the request and the caller (and a path parameter) only: FastAPI's body
+# reading and dependency solving per request cost more than the rest of the route, Redis
+# aside. What they read by hand (the body, the header) is declared in the OpenAPI document
+# as FastAPI would declare it, and refused with the same 422s.
 @router.post(
     "",
     status_code=201,
@@ -236,10 +242,10 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
     },
     openapi_extra=_CREATE_OPENAPI,
 )
-async def create_reservation(
-    http: Request, body: ReservationIn, principal: ReservationsWriter
-) -> Response:
-    key = idempotency_key(http)
+async def create_reservation(http: Request, principal: ReservationsWriter) -> Response:
+    key, errors = idempotency_key(http)
+    body = await json_body(http, ReservationIn, errors)
+    assert key is not None  # json_body raised otherwise
     state: ApiState = http.app.state.atp
     reservations = reservation_store(state)
     request = body.to_request()
