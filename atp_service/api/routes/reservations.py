@@ -21,6 +21,7 @@ from pydantic import (
 )
 from starlette.responses import Response
 
+from atp_service.api.auth import require_scope
 from atp_service.api.bodies import documented_body, json_body
 from atp_service.api.deps import ReservationsWriter, correlation_id_of
 from atp_service.api.errors import ProblemError
@@ -176,7 +177,9 @@ _IDEMPOTENCY_DESCRIPTION = (
 _IDEMPOTENCY_KEY: TypeAdapter[str] = TypeAdapter(
     Annotated[str, StringConstraints(min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)]
 )
+_write_scope = require_scope("reservations:write")
 _CREATE_OPENAPI: dict[str, Any] = {
+    "security": [{_write_scope.scheme_name: []}],
     "requestBody": documented_body(ReservationIn),
     "parameters": [
         {
@@ -242,7 +245,8 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
     },
     openapi_extra=_CREATE_OPENAPI,
 )
-async def create_reservation(http: Request, principal: ReservationsWriter) -> Response:
+async def create_reservation(http: Request) -> Response:
+    principal = await _write_scope(http)  # first: a caller without the scope learns nothing
     key, errors = idempotency_key(http)
     body = await json_body(http, ReservationIn, errors)
     assert key is not None  # json_body raised otherwise
