@@ -316,13 +316,20 @@ class Run:
         }
 
     def _sample_key_sizes(self, sync_redis: redis.Redis) -> dict[str, int]:
-        """MEMORY USAGE of one item-site's keys, by kind (where the bytes go)."""
+        """MEMORY USAGE of one item-site's keys by kind (``p`` position, ``dr`` drift), and
+        of the de-duplication chunks its group shares (``d``: their count and mean size)."""
         sizes: dict[str, int] = {}
         with contextlib.suppress(redis.RedisError):
             for key in sync_redis.scan_iter(match="atp:*SKU-00002@*", count=1000):
                 kind = key.split(":")[2] if key.count(":") >= 3 else key
                 if kind not in sizes:
                     sizes[kind] = int(sync_redis.memory_usage(key, samples=0) or 0)
+            chunks = list(sync_redis.scan_iter(match="atp:{g*}:d:*", count=10_000))
+            if chunks:
+                sample = chunks[:200]
+                used = [int(sync_redis.memory_usage(k, samples=0) or 0) for k in sample]
+                sizes["d_chunks"] = len(chunks)
+                sizes["d_chunk_mean_bytes"] = round(sum(used) / len(used))
         return sizes
 
     def _freshness(self) -> None:
