@@ -111,10 +111,10 @@ class Settings(BaseSettings):
     the ``OTEL_*`` variables). Off by default: ``/metrics`` is the service's own telemetry."""
 
     # -- API read path -------------------------------------------------------------------
-    api_position_copy_entries: int = Field(default=500_000, ge=0)
+    api_position_copy_entries: int = Field(default=1_000_000, ge=0)
     """Item-site positions each API process keeps in memory for reads, kept current by the
-    changes Redis pushes (about 300 bytes each); 0 reads every position from Redis.
-    Reservations are always decided on Redis itself."""
+    changes Redis pushes (about 200 bytes each, as many as there are item-sites up to
+    this); 0 reads every position from Redis. Reservations are decided on Redis itself."""
     api_position_copy_max_staleness_seconds: float = Field(default=1.0, gt=0)
     """When the change channel has been silent this long (it is pinged five times a second),
     reads bypass the in-process copy and go to Redis until it is heard from again."""

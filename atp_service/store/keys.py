@@ -1,10 +1,10 @@
 """Every Redis key name the service uses, in one place.
 
 Item-sites are spread over ``groups`` hash-tag groups (``{g<n>}``, n = crc32 of
-``sku@site`` modulo the group count). Every key one item-site's fold needs (its position,
-the ids of the events it has folded, the outbox its events go to) carries the same tag,
-so on Redis Cluster the fold stays one single-slot script. The group count is fixed for
-the life of a dataset.
+``sku@site`` modulo the group count). Every key a fold of the group's events needs (their
+positions and drift records, the de-duplication chunks of the group, its outbox) carries
+the same tag, so on Redis Cluster a fold call stays a single-slot script. The group count
+is fixed for the life of a dataset.
 
 Reservations span item-sites by nature; their keys carry their own tag (see
 ``docs``/README: cross-slot reservations on Cluster).
