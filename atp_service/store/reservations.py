@@ -157,9 +157,10 @@ class ReservationStore:
             "h": request.fingerprint(),
             "lines": [{"s": ln.sku, "t": ln.site, "q": ln.qty} for ln in request.lines],
         }
-        outcome, _status, payload, *announced = await self._reserve(
-            keys=script_keys,
-            args=[
+        outcome, _status, payload, *announced = await self.store.run_script(
+            self._reserve,
+            script_keys,
+            [
                 orjson.dumps(body),
                 book.channel_lua_json(request.channel),
                 book.lua_json,
@@ -211,10 +212,11 @@ class ReservationStore:
         lines = await self.redis.hget(res.record, "ln")
         if lines is None:
             raise ReservationNotFound(reservation_id)
-        outcome, flat, expired_now, announced = await self._transition(
-            keys=self._transition_keys(reservation_id, str(lines)),
-            args=[reservation_id, transition.value, book.lua_json, correlation_id,
-                  self._ended_retention_ms],
+        outcome, flat, expired_now, announced = await self.store.run_script(
+            self._transition,
+            self._transition_keys(reservation_id, str(lines)),
+            [reservation_id, transition.value, book.lua_json, correlation_id,
+             self._ended_retention_ms],
         )  # fmt: skip
         self.store.changed_here(announced)
         if outcome == "missing":

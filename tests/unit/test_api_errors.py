@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
 from atp_service.api.errors import PROBLEM_JSON
-from tests.unit.api_harness import ADMIN, READER, Api, make_settings, running_api
+from tests.unit.api_harness import ADMIN, READER, Api, auth, make_settings, running_api
 
 PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code"}
 
@@ -140,3 +141,22 @@ async def test_an_error_response_carries_the_correlation_id_too(api: Api) -> Non
     response = await api.client.get("/nowhere", headers={"X-Correlation-ID": "c-404"})
 
     assert response.headers["x-correlation-id"] == "c-404"
+
+
+async def test_a_reservation_while_the_store_is_unreachable_is_a_503(api: Api) -> None:
+    await api.receive("SKU-1", "DC-1", 5)
+    api.server.connected = False
+
+    responses = await asyncio.gather(
+        *(
+            api.client.post(
+                "/v1/reservations",
+                json={"channel": "web", "lines": [{"sku": "SKU-1", "site": "DC-1", "qty": 1}]},
+                headers={**auth("oms"), "Idempotency-Key": f"k-{n}"},
+            )
+            for n in range(5)
+        )
+    )
+
+    for response in responses:
+        assert_problem(response, 503, "store_unavailable")
