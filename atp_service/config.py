@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     call: up to 200)."""
     relay_claim_idle_ms: int = Field(default=10_000, ge=100)
     """Entries a dead relay held for this long are taken over by a live one."""
+    relay_linger_ms: int = Field(default=20, ge=0, le=1_000)
+    """After a round that found less than a full batch, wait this long before the next, so
+    that a trickle goes out in fewer, larger rounds (Kafka's linger.ms; 0: no wait)."""
 
     # -- reservations --------------------------------------------------------------------
     idempotency_ttl_seconds: int = Field(default=86_400, ge=86_400)

@@ -141,6 +141,7 @@ class OutboxRelay:
         batch: int = 500,
         claim_idle_ms: int = 10_000,
         block_ms: int = 200,
+        linger_ms: int = 0,
     ) -> None:
         self.store = store
         self.publisher = publisher
@@ -149,6 +150,10 @@ class OutboxRelay:
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
         self.block_ms = block_ms
+        #: After a round short of a full batch, wait this long: a round's cost (its reads,
+        #: acknowledgements and produce request, the broker's handling of it) is mostly per
+        #: round, not per event, so a trickle costs less in fewer, larger rounds.
+        self.linger = linger_ms / 1000
         self._groups_ready = False
         self._retry_own_pending = True  # on start, first finish what this name left behind
 
@@ -208,10 +213,13 @@ class OutboxRelay:
                 if loop.time() >= next_claim:
                     self._retry_own_pending = True  # also claims entries of dead relays
                     next_claim = loop.time() + claim_every
-                await self.relay_once()
+                sent = await self.relay_once()
                 if duty is not None and not stand_by:
                     await duty.done()
                 backoff = 0.1
+                if 0 < sent < self.batch and self.linger:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=self.linger)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

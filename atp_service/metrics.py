@@ -54,7 +54,9 @@ POSITION_READS = Counter(
 )
 POSITION_PUSH_LAG = Histogram(
     "atp_position_push_lag_seconds",
-    "From a position change in Redis to its arrival in an API process's in-process copy.",
+    "From a position change in Redis to its arrival in an API process's in-process copy "
+    "(one observation per message on the change channel: its newest position that was new "
+    "to the copy).",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 POSITION_COPY_DROPS = Counter(

@@ -84,6 +84,7 @@ class WorkerRuntime:
             consumer=relay_consumer_name("worker"),
             batch=settings.relay_batch,
             claim_idle_ms=settings.relay_claim_idle_ms,
+            linger_ms=settings.relay_linger_ms,
         )
         holder = relay_consumer_name("worker")
         self.relay_duty = Duty(self.redis, "relay", holder=holder)

@@ -195,6 +195,7 @@ class ApiState:
                     consumer=consumer,
                     batch=self.settings.relay_batch,
                     claim_idle_ms=self.settings.relay_claim_idle_ms,
+                    linger_ms=self.settings.relay_linger_ms,
                 )
                 # Workers relay; this process does only while none has lately.
                 await relay.run(

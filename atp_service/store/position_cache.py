@@ -91,6 +91,10 @@ def position_from_announcement(text: str) -> tuple[str, ItemSitePosition]:
 
 def _raw_from_announcement(text: str) -> tuple[str, RawPosition]:
     parts = text.split(" ")
+    return parts[0], _raw_from_parts(parts)
+
+
+def _raw_from_parts(parts: list[str]) -> RawPosition:
     in_transit: InTransit = ()
     if len(parts) > 8:
         by_eta: list[tuple[date | None, int]] = []
@@ -99,7 +103,7 @@ def _raw_from_announcement(text: str) -> tuple[str, RawPosition]:
             by_eta.append((None if eta == "-" else date_of_epoch_day(int(eta)), int(qty)))
         in_transit = tuple(by_eta)
     ss = parts[7]
-    return parts[0], (
+    return (
         int(parts[3]),
         int(parts[4]),
         int(parts[5]),
@@ -258,34 +262,50 @@ class PositionCache:
 
     def apply_lines(self, text: str) -> None:
         """Announced changes, a line each (a batch announces its positions together)."""
+        apply = self._apply
+        newest = 0
         for line in text.split("\n"):
-            self.apply(line)
+            as_of_ms = apply(line)
+            if as_of_ms > newest:
+                newest = as_of_ms
+        if newest:
+            # Once per message (its newest position): a histogram's lock per line is dear.
+            lag = time.time() - newest / 1000
+            if lag >= 0:
+                _PUSH_LAG.observe(lag)
 
     def apply(self, text: str) -> None:
         """One announced change (also usable by tests without a subscription)."""
-        ident = text.partition(" ")[0]
+        self.apply_lines(text)
+
+    def _apply(self, text: str) -> int:
+        """Take one announced line; returns its ``as_of`` ms if it was new to the copy, else 0.
+        The version is read first: an echo of this process's own write, or an older version,
+        costs no more than that."""
+        parts = text.split(" ")
+        ident = parts[0]
         entries = self._entries
         current = entries.get(ident)
-        if current is None and ident not in self._filling and len(entries) >= self.max_entries:
-            return  # full: only what was asked for is kept current
         try:
-            _, held = _raw_from_announcement(text)
+            if current is not None:
+                if int(parts[1]) <= current[VERSION]:
+                    return 0
+            elif ident not in self._filling and len(entries) >= self.max_entries:
+                return 0  # full: only what was asked for is kept current
+            held = _raw_from_parts(parts)
         except (ValueError, IndexError):
             log.warning("unreadable position announcement %r; dropping its entry", text[:200])
             entries.pop(ident, None)
-            return
+            return 0
         if current is not None:
-            if held[VERSION] > current[VERSION]:
-                entries[ident] = held
+            entries[ident] = held
         elif ident in self._filling:
             earlier = self._announced_while_filling.get(ident)
             if earlier is None or held[VERSION] > earlier[VERSION]:
                 self._announced_while_filling[ident] = held
         else:
             entries[ident] = held  # room left: a change announced is a position read for free
-        lag = time.time() - held[AS_OF_MS] / 1000
-        if lag >= 0:
-            _PUSH_LAG.observe(lag)
+        return held[AS_OF_MS]
 
     def publish_counts(self) -> None:
         """Add the reads counted since the last call to ``atp_position_reads_total``."""

@@ -30,6 +30,7 @@ from atp_service.domain import (
 )
 from atp_service.store import keys as k
 from atp_service.store._batching import ScriptBatcher
+from atp_service.store._packing import with_hiredis_packing
 from atp_service.store.keys import KeySpace
 from atp_service.store.reservation_keys import reservation_keys
 
@@ -63,7 +64,7 @@ def connect(url: str, *, timeout: float, max_connections: int) -> aioredis.Redis
         health_check_interval=5,
         decode_responses=True,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis(connection_pool=with_hiredis_packing(pool))
 
 
 def epoch_day(value: date) -> int:
