@@ -186,6 +186,38 @@ def _integer(value: Any, name: str) -> int:
 
 
 def _common(body: dict[str, Any]) -> dict[str, Any]:
+    # The usual message, checked in one pass; anything unusual goes the long way below,
+    # which says what is wrong (the same checks: tests/unit/test_records.py).
+    get = body.get
+    event_id, source_name, sku, site = get("event_id"), get("source"), get("sku"), get("site")
+    occurred_at, seq, corr = get("occurred_at"), get("source_seq"), get("correlation_id")
+    source = _SOURCES.get(source_name) if type(source_name) is str else None
+    if (
+        type(event_id) is str
+        and 0 < len(event_id) <= MAX_EVENT_ID_LENGTH
+        and source is not None
+        and type(sku) is str
+        and is_valid_sku(sku)
+        and type(site) is str
+        and is_valid_site(site)
+        and type(occurred_at) is str
+        and occurred_at in _VALID_TIMES
+        and (seq is None or (type(seq) is int and 0 <= seq <= MAX_SOURCE_SEQ))
+        and (corr is None or type(corr) is str)
+    ):
+        return {
+            "event_id": event_id,
+            "source": source,
+            "sku": sku,
+            "site": site,
+            "occurred_at": occurred_at,
+            "source_seq": seq,
+            "correlation_id": corr,
+        }
+    return _common_checked(body)
+
+
+def _common_checked(body: dict[str, Any]) -> dict[str, Any]:
     event_id = _string(body, "event_id", required=True)
     assert event_id is not None
     if not event_id or len(event_id) > MAX_EVENT_ID_LENGTH:
@@ -289,8 +321,11 @@ def _snapshot(body: dict[str, Any]) -> InventorySnapshot:
         raise _violation("field 'quantities' must be a non-empty object of bucket: quantity")
     quantities: dict[Bucket, int] = {}
     for name, qty in raw.items():
-        bucket = _bucket(name, "a key of 'quantities'")
-        quantities[bucket] = _quantity(qty, f"quantities.{name}")
+        bucket = _BUCKETS.get(name)
+        if bucket is None or type(qty) is not int or not 0 <= qty <= MAX_SNAPSHOT_QUANTITY:
+            bucket = _bucket(name, "a key of 'quantities'")  # raises, saying what is wrong
+            qty = _quantity(qty, f"quantities.{name}")
+        quantities[bucket] = qty
     by_eta = _in_transit_by_eta(body.get("in_transit_by_eta"), quantities)
     return InventorySnapshot(quantities=quantities, in_transit_by_eta=by_eta, **common)
 

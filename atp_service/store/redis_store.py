@@ -154,6 +154,7 @@ class _FoldCall:
     bodies: list[dict[str, Any]]
     fingerprints: bytes
     indexes: list[int]
+    encoded: bytes = b""  # the bodies as ARGV[1], made with the rest (not while Redis waits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +338,7 @@ class RedisStore:
         for call in calls:
             await self._fold(
                 keys=call.keys,
-                args=[orjson.dumps(call.bodies), policies, window, call.fingerprints, expires_at],
+                args=[call.encoded, policies, window, call.fingerprints, expires_at],
                 client=pipe,
             )
         replies = await pipe.execute()
@@ -415,6 +416,8 @@ class RedisStore:
             call.bodies.append(_fold_body(event))
             call.fingerprints += digest[:12]
             call.indexes.append(index)
+        for call in calls:
+            call.encoded = orjson.dumps(call.bodies)
         return calls
 
     # -- reading -----------------------------------------------------------------------------

@@ -365,3 +365,50 @@ def test_a_dead_letter_keeps_other_bytes_as_base64_and_they_come_back_intact() -
     assert record["value_encoding"] == "base64"
     assert original_bytes(record["value"], record["value_encoding"]) == raw
     assert original_bytes(record["key"], record["key_encoding"]) is None
+
+
+# The usual message takes a one-pass check (records._common) once its time has been seen;
+# any other goes the long way. Both must accept and refuse alike.
+_COMMON_CHANGES = [
+    {},
+    {"event_id": _DROP},
+    {"event_id": ""},
+    {"event_id": 17},
+    {"event_id": "x" * 256},
+    {"event_id": "x" * 257},
+    {"source": "pos"},
+    {"source": ["wms"]},
+    {"sku": _DROP},
+    {"sku": "-starts-with-dash"},
+    {"site": "DC EAST"},
+    {"site": 3},
+    {"source_seq": None},
+    {"source_seq": -1},
+    {"source_seq": False},
+    {"source_seq": 2**53 - 1},
+    {"source_seq": 2**53},
+    {"source_seq": 1.0},
+    {"correlation_id": 5},
+    {"correlation_id": None},
+    {"quantities": {"on_hand": 1, "sellable": 4}},
+    {"quantities": {"on_hand": 10**15}},
+    {"quantities": {"on_hand": 10**15 + 1}},
+    {"quantities": {"on_hand": True}},
+]
+
+
+@pytest.mark.parametrize("changes", _COMMON_CHANGES, ids=lambda c: repr(c)[:40])
+def test_a_time_seen_before_changes_no_answer(changes: dict[str, Any]) -> None:
+    from stream_agents import records
+
+    def outcome() -> object:
+        try:
+            return decoded(snapshot_body(**changes))
+        except DecodeError as exc:
+            return (exc.code, exc.detail)
+
+    records._VALID_TIMES.clear()
+    unseen = outcome()
+    decoded(snapshot_body())  # its time is now known
+    assert "2026-11-23T06:00:00Z" in records._VALID_TIMES
+    assert outcome() == unseen
