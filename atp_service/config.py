@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     worker_fetch_max_wait_ms: int = Field(default=50, ge=1, le=5_000)
     """How long the broker may hold a fetch when no data is ready (Faust's consumer held it
     1.5 s, which put up to that long between an event's produce and its fold)."""
-    worker_fold_batch: int = Field(default=2000, ge=1)
+    worker_fold_batch: int = Field(default=4000, ge=1)
     """Messages fetched, decoded and folded together (one Redis round trip) at most."""
     worker_metrics_port: int = Field(default=9102, ge=0, le=65535)
     """Port of the worker's /metrics (0 turns it off)."""

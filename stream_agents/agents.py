@@ -137,8 +137,9 @@ class InboundAgent:
                         for r in batch
                     ]
                     offsets = {tp: batch[-1].offset + 1 for tp, batch in records.items()}
-                    # CPU work, while Redis still folds the batch before this one.
-                    prepared = self.folder.prepare(messages)
+                    # CPU work, while Redis still folds the batch before this one (and
+                    # its pipeline is still being written: the loop gets turns).
+                    prepared = await self.folder.prepare_yielding(messages)
                 async with self._lock:
                     if self._abandoned is not None:
                         raise self._abandoned

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.domain import (
@@ -334,14 +334,30 @@ class RedisStore:
         expires_at = str((generation + 2) * self._window + _DEDUP_MARGIN_MS)
         window = self._window_ms
         policies = book.lua_json
-        pipe: Pipeline = self.redis.pipeline(transaction=False)
-        for call in calls:
-            await self._fold(
-                keys=call.keys,
-                args=[call.encoded, policies, window, call.fingerprints, expires_at],
-                client=pipe,
-            )
-        replies = await pipe.execute()
+        sha = self._fold.sha
+
+        def pipeline() -> Pipeline:
+            # EVALSHA itself: a script called through the pipeline would make redis-py ask
+            # Redis whether the script exists first, a round trip before the batch is even
+            # written (with Redis idle meanwhile, and the batch waiting on the worker's
+            # next decode). A lost script cache is handled below instead.
+            pipe: Pipeline = self.redis.pipeline(transaction=False)
+            for call in calls:
+                pipe.evalsha(
+                    sha, len(call.keys), *call.keys,
+                    call.encoded, policies, window, call.fingerprints, expires_at,
+                )  # fmt: skip
+            return pipe
+
+        replies = await pipeline().execute(raise_on_error=False)
+        if replies and all(isinstance(reply, NoScriptError) for reply in replies):
+            # Redis lost its scripts (a restart, a failover, SCRIPT FLUSH) before this batch:
+            # none of it ran. Load the script and send the batch again.
+            await self.redis.script_load(self._fold.script)
+            replies = await pipeline().execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply  # as execute() would: the caller folds one event at a time
         outcomes: list[FoldOutcome | None] = [None] * len(prepared.events)
         for call, flat in zip(calls, replies, strict=True):
             for n, index in enumerate(call.indexes):

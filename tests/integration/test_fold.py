@@ -234,3 +234,25 @@ async def test_the_first_snapshot_of_an_item_site_is_an_initial_load_not_drift(
     assert (outcome.status, outcome.drift) == ("folded", None)
     assert (await position_of(store, sku))[:3] == (40, 5, 0)
     assert [e["type"] for e in await outbox_events(store, sku)] == ["availability.changed"] * 2
+
+
+async def test_a_batch_goes_out_without_asking_whether_the_script_exists(store: RedisStore) -> None:
+    sku = random_sku()
+    await store.fold_many([delta(sku, Bucket.ON_HAND, 1)], BOOK)  # the script is loaded
+    await store.redis.config_resetstat()
+    await store.fold_many(
+        [delta(sku, Bucket.ON_HAND, 1), delta(random_sku(), Bucket.ON_HAND, 2)], BOOK
+    )
+    stats = await store.redis.info("commandstats")
+    assert "cmdstat_script|exists" not in stats and "cmdstat_script" not in stats
+    assert stats["cmdstat_evalsha"]["calls"] >= 1
+    assert (await position_of(store, sku))[0] == 2
+
+
+async def test_a_batch_after_redis_lost_its_scripts_is_folded_once(store: RedisStore) -> None:
+    skus = [random_sku() for _ in range(3)]
+    await store.fold_many([delta(skus[0], Bucket.ON_HAND, 1)], BOOK)
+    await store.redis.script_flush()
+    outcomes = await store.fold_many([delta(sku, Bucket.ON_HAND, 5) for sku in skus], BOOK)
+    assert [o.status for o in outcomes] == ["folded"] * 3
+    assert [(await position_of(store, sku))[0] for sku in skus] == [6, 5, 5]

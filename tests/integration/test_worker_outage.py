@@ -53,8 +53,9 @@ async def test_events_sent_while_redis_is_down_are_folded_after_it_returns_even_
 
         await eventually(first_five_folded, worker)
 
-        # Redis hangs: every call times out. (No fold reaches it meanwhile: a pipeline first
-        # asks SCRIPT EXISTS and sends its scripts only on the answer.)
+        # Redis hangs: every call times out. The calls the worker wrote meanwhile are still in
+        # Redis' socket buffers, so when it resumes it may run them: a write that timed out
+        # may have happened. Each retry carries the same events, so at most one counts.
         own_redis.signal(signal.SIGSTOP)
         await receive(20)
 
@@ -68,8 +69,8 @@ async def test_events_sent_while_redis_is_down_are_folded_after_it_returns_even_
         assert worker.proc is not None and worker.proc.returncode == 0, worker.log_tail()
 
         own_redis.signal(signal.SIGCONT)
-        assert await on_hand() == 5
-        worker.start()  # the same consumer group
+        assert 5 <= await on_hand() <= 25  # some of the 20 may have landed, each once
+        worker.start()  # the same consumer group: the 20 again, uncommitted
 
         async def all_folded() -> bool:
             return await on_hand() >= 25
