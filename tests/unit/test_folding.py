@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any, cast
@@ -234,3 +235,26 @@ async def test_each_new_site_is_registered_once() -> None:
     await folder.handle([message("e1", site="DC-1"), message("e2", site="DC-2")])
     await folder.handle([message("e3", site="DC-2"), message("e4", site="DC-3")])
     assert sorted(store.sites) == ["DC-1", "DC-2", "DC-3"]
+
+
+async def test_preparing_with_turns_of_the_loop_prepares_the_same_batch() -> None:
+    folder = folder_for(FakeStore(), FakeDeadLetters())
+    batch = [message(f"e{i}") if i % 7 else garbage() for i in range(30)]
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counting = asyncio.create_task(count_turns())
+    yielding = await folder.prepare_yielding(batch, every=4)
+    counting.cancel()
+    plain = folder.prepare(batch)
+    assert [m.offset for m, _ in yielding.good] == [m.offset for m, _ in plain.good]
+    assert [(r.message.offset, r.code) for r in yielding.rejected] == [
+        (r.message.offset, r.code) for r in plain.rejected
+    ]
+    assert yielding.fold == plain.fold
+    assert turns >= 7  # the loop ran between chunks
