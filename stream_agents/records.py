@@ -205,16 +205,29 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         and (seq is None or (type(seq) is int and 0 <= seq <= MAX_SOURCE_SEQ))
         and (corr is None or type(corr) is str)
     ):
-        return {
-            "event_id": event_id,
-            "source": source,
-            "sku": sku,
-            "site": site,
-            "occurred_at": occurred_at,
-            "source_seq": seq,
-            "correlation_id": corr,
-        }
+        return _fields(event_id, source, sku, site, occurred_at, seq, corr)
     return _common_checked(body)
+
+
+def _fields(
+    event_id: str,
+    source: Source,
+    sku: str,
+    site: str,
+    occurred_at: str,
+    seq: int | None,
+    corr: str | None,
+) -> dict[str, Any]:
+    """The fields every inbound event has, as the domain types take them."""
+    return {
+        "event_id": event_id,
+        "source": source,
+        "sku": sku,
+        "site": site,
+        "occurred_at": occurred_at,
+        "source_seq": seq,
+        "correlation_id": corr,
+    }
 
 
 def _common_checked(body: dict[str, Any]) -> dict[str, Any]:
@@ -248,15 +261,8 @@ def _common_checked(body: dict[str, Any]) -> dict[str, Any]:
         seq = _integer(seq, "source_seq")
         if not 0 <= seq <= MAX_SOURCE_SEQ:
             raise _violation(f"field 'source_seq' must be between 0 and {MAX_SOURCE_SEQ}")
-    return {
-        "event_id": event_id,
-        "source": source,
-        "sku": sku,
-        "site": site,
-        "occurred_at": occurred_at,
-        "source_seq": seq,
-        "correlation_id": _string(body, "correlation_id", required=False),
-    }
+    corr = _string(body, "correlation_id", required=False)
+    return _fields(event_id, source, sku, site, occurred_at, seq, corr)
 
 
 def _is_rfc3339(text: str) -> bool:
