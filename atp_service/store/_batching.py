@@ -50,7 +50,7 @@ class ScriptBatcher:
     async def _send(self, calls: list[_Call]) -> None:
         if len(calls) == 1:
             script, keys, args, future = calls[0]
-            await _settle(future, script(keys=keys, args=args))
+            await settle(future, script(keys=keys, args=args))
             return
         pipe = self._client.pipeline(transaction=False)
         for script, keys, args, _ in calls:
@@ -67,14 +67,15 @@ class ScriptBatcher:
         for (script, keys, args, future), reply in zip(calls, replies, strict=True):
             if isinstance(reply, NoScriptError):
                 # Redis lost its script cache (a restart, a failover): one call reloads it.
-                await _settle(future, script(keys=keys, args=args))
+                await settle(future, script(keys=keys, args=args))
             elif isinstance(reply, Exception):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
 
 
-async def _settle(future: asyncio.Future[Any], awaitable: Any) -> None:
+async def settle(future: asyncio.Future[Any], awaitable: Any) -> None:
+    """Hand what ``awaitable`` returns or raises to ``future`` (unless it is done already)."""
     try:
         result = await awaitable
     except Exception as exc:

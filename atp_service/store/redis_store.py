@@ -29,8 +29,8 @@ from atp_service.domain import (
     ItemSitePosition,
 )
 from atp_service.store import keys as k
-from atp_service.store._batching import ScriptBatcher
 from atp_service.store._packing import with_hiredis_packing
+from atp_service.store._pipe import ScriptPipe
 from atp_service.store.keys import KeySpace
 from atp_service.store.reservation_keys import reservation_keys
 
@@ -275,7 +275,7 @@ class RedisStore:
         self._window = dedup_window_seconds * 1000
         self._window_ms = str(self._window)
         self._dedup_chunks = dedup_chunks
-        self._batcher = ScriptBatcher(client)
+        self._scripts = ScriptPipe(client)
         #: Told, right away, of the positions this process's own scripts changed (the API's
         #: in-process copy: a read after a write sees the write). Lines as ``announce``.
         self.own_changes: list[Callable[[str], None]] = []
@@ -295,8 +295,8 @@ class RedisStore:
     async def run_script(
         self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
     ) -> Any:
-        """Run ``script``, in one pipeline with the calls other requests make meanwhile."""
-        return await self._batcher.call(script, keys, args)
+        """Run ``script``, written at once and pipelined with other requests' calls (_pipe.py)."""
+        return await self._scripts.call(script, keys, args)
 
     def register_script(self, name: str) -> AsyncScript:
         """Load ``lua/<name>`` with the shared helpers prepended (for other adapters' scripts)."""

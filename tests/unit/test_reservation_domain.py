@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -15,6 +17,7 @@ from atp_service.domain.reservations import (
     ReservationRequest,
     ReservationStatus,
     Transition,
+    canonical_json,
     grants,
     iso_from_ms,
 )
@@ -117,3 +120,27 @@ def test_idempotency_keys_are_per_api_key_and_safe_whatever_the_header() -> None
     b = idempotency_key(keys, "oms-us", "order 1 / {weird}")
     assert a != b
     assert "weird" not in a and " " not in a
+
+
+@pytest.mark.parametrize(
+    "order_ref",
+    [None, "ORD-1", "".join(chr(c) for c in range(128)), "commande-été-№5", "emoji-\U0001f600"],
+)
+def test_the_fingerprint_text_is_the_one_stored_records_were_made_from(
+    order_ref: str | None,
+) -> None:
+    """Idempotency records keep the fingerprint: its canonical text must never change."""
+    request = req(("SKU-1", "DC-EAST", 2), ("SKU-2", "DC-WEST", 1), order_ref=order_ref)
+    canonical = {
+        "channel": "web",
+        "order_ref": order_ref,
+        "ttl_seconds": 900,
+        "mode": "all_or_nothing",
+        "lines": [
+            {"sku": "SKU-1", "site": "DC-EAST", "qty": 2},
+            {"sku": "SKU-2", "site": "DC-WEST", "qty": 1},
+        ],
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    assert canonical_json(canonical) == text.encode()
+    assert request.fingerprint() == hashlib.sha256(text.encode()).hexdigest()
