@@ -25,7 +25,7 @@ from atp_service.domain.reservations import (
 from atp_service.store import PolicyBook, RedisStore
 from atp_service.store.redis_store import outbox_records
 from atp_service.store.reservation_keys import reservation_keys
-from atp_service.store.reservations import Placed, ReservationStore
+from atp_service.store.reservations import EXPIRE_CHUNK, Placed, ReservationStore
 from tests.random_refs import random_event_id, random_site, random_sku
 
 pytestmark = pytest.mark.integration
@@ -420,6 +420,62 @@ async def test_a_due_reservation_expires_once_and_returns_its_units(
     ]
     assert [e["correlation_id"] for e in expired] == ["ord-7"]
     assert await store.redis.zscore(reservation_keys(store.keys, rid).expiry, rid) is None
+
+
+async def test_a_sweep_expires_many_together_and_a_broken_record_alone_stays_held(
+    store: RedisStore, reservations: ReservationStore
+) -> None:
+    site, sku_a, sku_b = random_site(), random_sku(), random_sku()
+    await receive(store, sku_a, site, 1000)
+    await receive(store, sku_b, site, 1000)
+    n = 2 * EXPIRE_CHUNK + 7  # three script calls
+    rids = [
+        (
+            await place(reservations, request((sku_a, site, 1), (sku_b, site, 2)))
+        ).reservation.reservation_id
+        for _ in range(n)
+    ]
+    for rid in rids:
+        await force_due(store, rid)
+    # Readable by the sweep (it needs only the item-sites), not by the script: its
+    # expiry fails in Redis, alone, before it writes anything.
+    broken, unreadable = rids[EXPIRE_CHUNK + 3], rids[5]
+    good_lines = await store.redis.hget(reservation_keys(store.keys, broken).record, "ln")
+    lines = json.loads(good_lines)
+    lines[0]["r"] = "one"
+    await store.redis.hset(reservation_keys(store.keys, broken).record, "ln", json.dumps(lines))
+    await store.redis.hset(reservation_keys(store.keys, unreadable).record, "ln", "{not json")
+    entries_before = await store.redis.xlen(store.keys.item_site(sku_a, site).outbox)
+
+    assert await reservations.expire_due() >= n - 2
+
+    for rid in rids:
+        status = await store.redis.hget(reservation_keys(store.keys, rid).record, "st")
+        assert status == ("held" if rid in (broken, unreadable) else "expired"), rid
+    assert await reserved(store, sku_a, site) == 2  # what the two left held hold
+    assert await reserved(store, sku_b, site) == 4
+    for rid in (broken, unreadable):
+        assert await store.redis.zscore(reservation_keys(store.keys, rid).expiry, rid) == 1
+    expired_events = {
+        e["reservation_id"]
+        for rid in rids
+        for e in await reservation_events(store, rid)
+        if e["type"] == "reservation.expired"
+    }
+    assert expired_events == set(rids) - {broken, unreadable}
+    # Every expiry moved sku_a's ATP up by one, each announced in order, in a few entries.
+    changes = [
+        e for e in await availability_events(store, sku_a, site) if ":expired:" in e["event_id"]
+    ]
+    assert [e["atp"] for e in changes] == list(range(1000 - n + 1, 1000 - 2 + 1))
+    entries = await store.redis.xlen(store.keys.item_site(sku_a, site).outbox) - entries_before
+    assert entries <= 3
+
+    # Mended, they expire at the next sweep (and leave nothing for the other tests' audit).
+    for rid in (broken, unreadable):
+        await store.redis.hset(reservation_keys(store.keys, rid).record, "ln", good_lines)
+    await reservations.expire_due()
+    assert await reserved(store, sku_a, site) == 0
 
 
 async def test_a_reservation_is_expired_by_whoever_notices_its_ttl_passed_first(
