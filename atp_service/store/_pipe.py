@@ -84,7 +84,7 @@ class _Line:
 
 
 class ScriptPipe:
-    """``call(script, keys, args)``: the script's reply, written at once and pipelined."""
+    """``call(script, keys, args)``: the script's reply, the call pipelined with the others."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._pool = client.connection_pool
