@@ -47,10 +47,19 @@ def parse_since(text: str) -> datetime:
     return value
 
 
+#: A fetch that waits this long and brings nothing ends the reading of the topic.
+_QUIET_MS = 300
+
+
 async def read_dead_letters(
     bootstrap: str, *, code: str | None = None, since: datetime | None = None
 ) -> list[DeadLetter]:
-    """Every dead letter now in the topic (from the start to the current end), filtered."""
+    """Every dead letter now in the topic (from the start to the current end), filtered.
+
+    Read until each partition is past its reported end *and* a fetch brings nothing more:
+    Tansu reports the end of a partition whose last write held several records as one past
+    that write's first record, so the reported end alone would leave its last records out.
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
     )
@@ -67,16 +76,12 @@ async def read_dead_letters(
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         letters: list[DeadLetter] = []
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, messages in batch.items():
-                for msg in messages:
-                    if msg.offset < ends[tp]:
-                        letters.append(_letter(msg.partition, msg.offset, msg.value))
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
+        while True:
+            batch = await consumer.getmany(*tps, timeout_ms=_QUIET_MS)
+            for messages in batch.values():
+                letters.extend(_letter(m.partition, m.offset, m.value) for m in messages)
+            if not batch and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                break
     finally:
         await consumer.stop()
     return [letter for letter in letters if _wanted(letter, code, since)]

@@ -31,9 +31,20 @@ class EmbeddedError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: each socket stays bound until all are picked (two
+    ``free_port()`` calls in a row can be handed the same port)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((LOOPBACK, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -193,7 +204,8 @@ class EmbeddedStack:
 
     @classmethod
     def on_free_ports(cls, workdir: Path | None = None) -> EmbeddedStack:
-        return cls(free_port(), free_port(), workdir or Path(tempfile.mkdtemp(prefix="atp-")))
+        redis_port, kafka_port = free_ports(2)
+        return cls(redis_port, kafka_port, workdir or Path(tempfile.mkdtemp(prefix="atp-")))
 
     @property
     def redis_url(self) -> str:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from atp_service.cli import port_is_free
-from atp_service.embedded import free_port
+from atp_service.embedded import free_ports
 from tests.e2e.conftest import atp_argv
 
 pytestmark = pytest.mark.e2e
@@ -65,7 +65,8 @@ def processes_using(redis_url: str) -> list[int]:
 def test_atp_up_demo_serves_moving_availability_and_stops_everything_on_ctrl_c(
     tmp_path: Path,
 ) -> None:
-    ports = {name: free_port() for name in ("redis", "kafka", "api", "worker-metrics")}
+    names = ("redis", "kafka", "api", "worker-metrics")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     argv = atp_argv(
         "up", "--demo",
         "--redis-port", str(ports["redis"]),
@@ -122,7 +123,8 @@ def test_atp_up_demo_serves_moving_availability_and_stops_everything_on_ctrl_c(
 def test_atp_up_stops_everything_and_fails_when_one_of_its_processes_dies(
     tmp_path: Path,
 ) -> None:
-    ports = {name: free_port() for name in ("redis", "kafka", "api")}
+    names = ("redis", "kafka", "api")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     argv = atp_argv(
         "up",
         "--redis-port", str(ports["redis"]),

@@ -118,9 +118,11 @@ async def read_topic(
         await consumer.seek_to_beginning(*partitions)
         while True:
             ends = await consumer.end_offsets(partitions)
-            while not await _caught_up(consumer, ends):
+            while True:  # past the reported ends and nothing more (dlq.read_dead_letters)
                 batch = await consumer.getmany(*partitions, timeout_ms=200, max_records=5000)
                 found.extend(r for records in batch.values() for r in records if keep(r))
+                if not batch and await _caught_up(consumer, ends):
+                    break
             if done(found):
                 return found
             if loop.time() > deadline:

@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from atp_service.config import Settings
-from atp_service.dlq import read_dead_letters, replay, run_dlq
+from atp_service.dlq import DLQ_TOPIC, read_dead_letters, replay, run_dlq
 from atp_service.domain import ItemSite
 from atp_service.embedded import EmbeddedStack
 from atp_service.store import RedisStore
@@ -103,3 +103,24 @@ async def test_replaying_dead_letters_after_a_fix_folds_them_once_however_often(
         fixed.stop()
     [pos] = await store.read_positions([ItemSite(sku, site)])
     assert pos.on_hand == 12
+
+
+async def test_every_record_of_a_write_of_several_is_read(
+    stack: EmbeddedStack, producer: AIOKafkaProducer
+) -> None:
+    """Tansu reports such a partition's end as one past the write's first record."""
+    tag = random_event_id("batch")
+    futures = [
+        await producer.send(
+            DLQ_TOPIC, value=json.dumps({"code": "test", "value": f"{tag}-{i}"}).encode(),
+            partition=0,
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    await asyncio.gather(*futures)
+
+    letters = await read_dead_letters(stack.bootstrap, code="test")
+
+    assert sorted(str(x.record["value"]) for x in letters if tag in str(x.record["value"])) == [
+        f"{tag}-{i}" for i in range(3)
+    ]
