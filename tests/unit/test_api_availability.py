@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import date, timedelta
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 from starlette.datastructures import QueryParams
 
 from atp_service.api.routes.availability import _channel_and_site
-from atp_service.domain import Bucket, ItemSite, ItemSitePosition
+from atp_service.domain import Bucket, ChannelPolicy, ItemSite, ItemSitePosition
 from tests.random_refs import random_sku
 from tests.unit.api_harness import READER, Api, make_settings, running_api
 
@@ -97,6 +99,60 @@ async def test_without_a_site_only_the_channel_policy_sites_count(api: Api) -> N
     body = await get(api, sku, "store")
 
     assert [s["site"] for s in body["sites"]] == ["STORE-1"] and body["atp"] == 6
+
+
+async def copy_current(api: Api) -> None:
+    """The in-process copy serves (the answers below come from it, not from Redis)."""
+    for _ in range(100):
+        if api.state.positions.current:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the copy never became current")
+
+
+async def test_a_product_page_answered_from_the_copy_follows_every_change(api: Api) -> None:
+    # The whole answer is reused while its positions, sites and policies stay the same.
+    sku = random_sku()
+    await api.receive(sku, "DC-1", 4)
+    await api.receive(sku, "DC-2", 6)
+    await copy_current(api)
+    first = await get(api, sku)
+    assert await get(api, sku) == first  # the same positions: the same answer
+
+    await api.receive(sku, "DC-2", -1)  # one position moves
+    moved = await get(api, sku)
+    await api.receive(sku, "DC-3", 5)  # a site appears
+    grown = await get(api, sku)
+    await api.store.put_channel_policy("marketplace", ChannelPolicy(share=50))
+    await api.state.refresh_policies()  # another book
+    halved = await get(api, sku)
+
+    assert (first["atp"], moved["atp"], grown["atp"], halved["atp"]) == (10, 9, 14, 6)
+    assert moved["sites"][1]["on_hand"] == 5 and moved["sites"][1]["version"] == 2
+    assert [s["site"] for s in grown["sites"]] == ["DC-1", "DC-2", "DC-3"]
+    assert moved["as_of"] >= first["as_of"]
+    assert api.state.positions.current
+
+
+async def test_a_product_page_of_dated_in_transit_is_rendered_again_the_next_day(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sku = random_sku()
+    await api.store.put_channel_policy(
+        "dated", ChannelPolicy(include_in_transit=True, in_transit_horizon_days=2)
+    )
+    await api.state.refresh_policies()
+    today = date.today()
+    await api.receive(sku, "DC-1", 1)
+    await api.receive(sku, "DC-1", 8, Bucket.IN_TRANSIT, eta=today + timedelta(days=3))
+    await copy_current(api)
+    before = await get(api, sku, "dated")
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 86_400)  # a day later: within 2 days
+    after = await get(api, sku, "dated")
+
+    assert (before["atp"], after["atp"]) == (1, 9)
 
 
 async def test_a_site_outside_the_channel_policy_promises_nothing(api: Api) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import operator
 import time
 import weakref
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from atp_service.api.schemas import (
 )
 from atp_service.api.state import ApiState
 from atp_service.domain import (
+    ChannelPolicy,
     ItemSite,
     ItemSitePosition,
     atp_for_site,
@@ -70,6 +72,11 @@ def _site_body(site: str, pos: ItemSitePosition, atp: int) -> dict[str, Any]:
 #: Rendered site answers kept per channel, at most (about 230 bytes each).
 _RENDERED_MAX = 200_000
 _Rendered = tuple[RawPosition, int, orjson.Fragment, int]  # position, atp, JSON, day
+#: Whole single-sku answers kept per channel, at most (about 1.5 KB each with 5 sites): the
+#: hot skus of a storefront, each re-rendered when one of its positions moves.
+_ANSWERS_MAX = 20_000
+# sites, their "sku@site" idents, the positions answered from, the day, the JSON
+_Answer = tuple[tuple[str, ...], tuple[str, ...], tuple[RawPosition, ...], int, bytes]
 
 
 class _RenderedSites:
@@ -85,17 +92,26 @@ class _RenderedSites:
     def __init__(self, book: PolicyBook) -> None:
         self.book = book
         self.by_channel: dict[str, dict[str, _Rendered]] = {}
+        self.answers_by_channel: dict[str, dict[str, _Answer]] = {}
 
     def of(self, channel: str) -> dict[str, _Rendered]:
-        rendered = self.by_channel.get(channel)
-        if rendered is None:
-            if len(self.by_channel) >= 64:  # channel names come from requests
-                self.by_channel.clear()
-            rendered = self.by_channel[channel] = {}
-        elif len(rendered) >= _RENDERED_MAX:
-            for ident in list(itertools.islice(rendered, _RENDERED_MAX // 10)):
-                del rendered[ident]  # the oldest tenth: a cheap, bounded FIFO
-        return rendered
+        return _bounded(self.by_channel, channel, _RENDERED_MAX)
+
+    def answers_of(self, channel: str) -> dict[str, _Answer]:
+        """Whole answers of single-sku reads (every site of the channel), by sku."""
+        return _bounded(self.answers_by_channel, channel, _ANSWERS_MAX)
+
+
+def _bounded(by_channel: dict[str, dict[str, Any]], channel: str, most: int) -> dict[str, Any]:
+    kept = by_channel.get(channel)
+    if kept is None:
+        if len(by_channel) >= 64:  # channel names come from requests
+            by_channel.clear()
+        kept = by_channel[channel] = {}
+    elif len(kept) >= most:
+        for key in list(itertools.islice(kept, most // 10)):
+            del kept[key]  # the oldest tenth: a cheap, bounded FIFO
+    return kept
 
 
 _rendered: weakref.WeakKeyDictionary[ApiState, _RenderedSites] = weakref.WeakKeyDictionary()
@@ -127,14 +143,79 @@ async def availability(
         wanted = [ItemSite(sku, s) for sku, sites in plan for s in sites]
         positions = await state.positions.read_raw(wanted) if wanted else []
     day = int(time.time() * 1000) // _DAY_MS
-    dated = policy.include_in_transit and policy.in_transit_horizon_days > 0
-    rendered = _rendered_for(state, book).of(channel)
+    render = _Renderer(_rendered_for(state, book).of(channel), policy, channel, day)
     answers: list[dict[str, Any]] = []
     i = 0
     for sku, sites in plan:
+        answers.append(render.answer(sku, sites, idents, positions, i))
+        i += len(sites)
+    return answers
+
+
+async def availability_of_sku(state: ApiState, channel: str, sku: str) -> bytes:
+    """The JSON answer for ``sku`` at every site of ``channel`` (the product page's read).
+
+    Served whole from the last answer while every position it was rendered from is still
+    the one in the copy (positions are replaced, never changed, when they move), the policy
+    book and the channel's sites are the same and, for dated in-transit, so is the day.
+    """
+    book = state.book if state.policies_loaded else await state.ensure_policies()
+    policy = book.policy(channel)
+    sites = policy.sites if policy.sites is not None else state.sites
+    dated = policy.include_in_transit and policy.in_transit_horizon_days > 0
+    answers = _rendered_for(state, book).answers_of(channel)
+    kept = answers.get(sku)
+    if kept is not None and kept[0] == sites:
+        idents = kept[1]
+        positions = state.positions.lookup_raw(idents)
+        if (
+            positions is not None
+            and all(map(operator.is_, positions, kept[2]))
+            and (not dated or kept[3] == int(time.time() * 1000) // _DAY_MS)
+        ):
+            return kept[4]
+    else:
+        idents = tuple([f"{sku}@{s}" for s in sites])
+        positions = state.positions.lookup_raw(idents)
+    from_copy = positions is not None
+    if positions is None:
+        positions = await state.positions.read_raw([ItemSite(sku, s) for s in sites])
+    day = int(time.time() * 1000) // _DAY_MS
+    render = _Renderer(_rendered_for(state, book).of(channel), policy, channel, day)
+    body = orjson.dumps(render.answer(sku, sites, idents, positions, 0))
+    if from_copy:  # an answer from positions read from Redis is never reused
+        answers[sku] = (tuple(sites), idents, tuple(positions), day, body)
+    return body
+
+
+class _Renderer:
+    """Answers under one policy on one day, from site answers rendered once per position."""
+
+    __slots__ = ("channel", "dated", "day", "policy", "rendered")
+
+    def __init__(
+        self, rendered: dict[str, _Rendered], policy: ChannelPolicy, channel: str, day: int
+    ) -> None:
+        self.rendered = rendered
+        self.policy = policy
+        self.channel = channel
+        self.day = day
+        self.dated = policy.include_in_transit and policy.in_transit_horizon_days > 0
+
+    def answer(
+        self,
+        sku: str,
+        sites: Sequence[str],
+        idents: Sequence[str],
+        positions: Sequence[RawPosition],
+        first: int,
+    ) -> dict[str, Any]:
+        """The answer for ``sku`` at ``sites``, whose positions and idents start at ``first``."""
+        rendered, policy, day, dated = self.rendered, self.policy, self.day, self.dated
         total = 0
         latest = 0
         bodies = []
+        i = first
         for site in sites:
             held = positions[i]
             ident = idents[i]
@@ -157,16 +238,13 @@ async def availability(
             if as_of_ms > latest:
                 latest = as_of_ms
             bodies.append(body)
-        answers.append(
-            {
-                "sku": sku,
-                "channel": channel,
-                "atp": total,
-                "sites": bodies,
-                "as_of": iso_from_ms(latest) if latest else None,
-            }
-        )
-    return answers
+        return {
+            "sku": sku,
+            "channel": self.channel,
+            "atp": total,
+            "sites": bodies,
+            "as_of": iso_from_ms(latest) if latest else None,
+        }
 
 
 def _parameter(name: str, where: str, pattern: str, required: bool, text: str) -> dict[str, Any]:
@@ -228,8 +306,12 @@ async def get_availability(request: Request) -> Response:
     if errors or channel is None:
         raise RequestValidationError(errors)
     state: ApiState = scope["app"].state.atp
-    (answer,) = await availability(state, channel, ((sku, site),))
-    return Response(orjson.dumps(answer), media_type="application/json")
+    if site is None:
+        body = await availability_of_sku(state, channel, sku)
+    else:
+        (answer,) = await availability(state, channel, ((sku, site),))
+        body = orjson.dumps(answer)
+    return Response(body, media_type="application/json")
 
 
 def _channel_and_site(query_string: bytes) -> tuple[str | None, str | None]:
