@@ -72,8 +72,8 @@ def _site_body(site: str, pos: ItemSitePosition, atp: int) -> dict[str, Any]:
 #: Rendered site answers kept per channel, at most (about 230 bytes each).
 _RENDERED_MAX = 200_000
 _Rendered = tuple[RawPosition, int, orjson.Fragment, int]  # position, atp, JSON, day
-#: Whole single-sku answers kept per channel, at most (about 1.5 KB each with 5 sites): the
-#: hot skus of a storefront, each re-rendered when one of its positions moves.
+#: Whole single-sku answers kept per channel, at most (about 1.5 KB each with 5 sites, 30 MB
+#: in all): the hot skus of a storefront, each re-rendered when one of its positions moves.
 _ANSWERS_MAX = 20_000
 # sites, their "sku@site" idents, the positions answered from, the day, the JSON
 _Answer = tuple[tuple[str, ...], tuple[str, ...], tuple[RawPosition, ...], int, bytes]
@@ -184,7 +184,8 @@ async def availability_of_sku(state: ApiState, channel: str, sku: str) -> bytes:
     render = _Renderer(_rendered_for(state, book).of(channel), policy, channel, day)
     body = orjson.dumps(render.answer(sku, sites, idents, positions, 0))
     if from_copy:  # an answer from positions read from Redis is never reused
-        answers[sku] = (tuple(sites), idents, tuple(positions), day, body)
+        # A copy: the bytes orjson returns hold a 4 KiB buffer (this one, ~850 bytes).
+        answers[sku] = (tuple(sites), idents, tuple(positions), day, bytes(memoryview(body)))
     return body
 
 
