@@ -90,7 +90,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"| batch reads, 50 skus | {_fmt(b['items_per_s'])} items/s ({_fmt(b['rps'])} req/s) |"
         f" {_fmt(b['p50_ms'])} / {_fmt(b['p95_ms'])} / {_fmt(b['p99_ms'])} | | |",
         f"| reservations, 2 lines | {_fmt(r['rps'])} req/s"
-        f" ({_fmt(r['insufficient_stock'])} sold out) |"
+        f" ({_fmt(r['insufficient_stock'])} of {_fmt(r['requests'])} answered sold out) |"
         f" {_fmt(r['p50_ms'])} / {_fmt(r['p95_ms'])} / {_fmt(r['p99_ms'])} |"
         f" Redis {_fmt(c['redis']['rps'])} req/s | {_ratio(r['ratio_to_redis_ceiling'])} |",
         f"| fold, per worker | {_fmt(f['events_per_s_per_worker'])} events/s | |"
