@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from starlette.datastructures import QueryParams
 
+from atp_service.api.routes import availability as availability_route
 from atp_service.api.routes.availability import _channel_and_site
 from atp_service.domain import Bucket, ChannelPolicy, ItemSite, ItemSitePosition
 from tests.random_refs import random_sku
@@ -132,6 +133,23 @@ async def test_a_product_page_answered_from_the_copy_follows_every_change(api: A
     assert [s["site"] for s in grown["sites"]] == ["DC-1", "DC-2", "DC-3"]
     assert moved["as_of"] >= first["as_of"]
     assert api.state.positions.current
+
+
+async def test_the_product_page_answers_kept_are_bounded_over_all_channels(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Channel names come from requests: a caller naming many must not grow the API.
+    monkeypatch.setattr(availability_route, "_ANSWERS_MAX", 20)
+    skus = [random_sku() for _ in range(6)]
+    for sku in skus:
+        await api.receive(sku, "DC-1", 3)
+    await copy_current(api)
+
+    answers = [await get(api, sku, f"outlet-{n}") for n in range(10) for sku in skus]
+
+    assert all(a["atp"] == 3 for a in answers)
+    kept = availability_route._rendered_for(api.state, api.state.book).answers
+    assert 0 < len(kept) <= 20
 
 
 async def test_a_product_page_of_dated_in_transit_is_rendered_again_the_next_day(

@@ -72,8 +72,8 @@ def _site_body(site: str, pos: ItemSitePosition, atp: int) -> dict[str, Any]:
 #: Rendered site answers kept per channel, at most (about 230 bytes each).
 _RENDERED_MAX = 200_000
 _Rendered = tuple[RawPosition, int, orjson.Fragment, int]  # position, atp, JSON, day
-#: Whole single-sku answers kept per channel, at most (about 1.5 KB each with 5 sites, 30 MB
-#: in all): the hot skus of a storefront, each re-rendered when one of its positions moves.
+#: Whole single-sku answers kept, at most, over all channels (about 1.5 KB each with 5 sites,
+#: 30 MB in all): the hot skus of the storefronts, each re-rendered when a position moves.
 _ANSWERS_MAX = 20_000
 # sites, their "sku@site" idents, the positions answered from, the day, the JSON
 _Answer = tuple[tuple[str, ...], tuple[str, ...], tuple[RawPosition, ...], int, bytes]
@@ -92,14 +92,17 @@ class _RenderedSites:
     def __init__(self, book: PolicyBook) -> None:
         self.book = book
         self.by_channel: dict[str, dict[str, _Rendered]] = {}
-        self.answers_by_channel: dict[str, dict[str, _Answer]] = {}
+        self.answers: dict[tuple[str, str], _Answer] = {}  # (channel, sku) -> answer
 
     def of(self, channel: str) -> dict[str, _Rendered]:
         return _bounded(self.by_channel, channel, _RENDERED_MAX)
 
-    def answers_of(self, channel: str) -> dict[str, _Answer]:
-        """Whole answers of single-sku reads (every site of the channel), by sku."""
-        return _bounded(self.answers_by_channel, channel, _ANSWERS_MAX)
+    def kept_answers(self) -> dict[tuple[str, str], _Answer]:
+        """Whole answers of single-sku reads (every site of the channel), by channel and sku."""
+        answers = self.answers
+        if len(answers) >= _ANSWERS_MAX:
+            _drop_oldest_tenth(answers, _ANSWERS_MAX)
+        return answers
 
 
 def _bounded(by_channel: dict[str, dict[str, Any]], channel: str, most: int) -> dict[str, Any]:
@@ -109,9 +112,13 @@ def _bounded(by_channel: dict[str, dict[str, Any]], channel: str, most: int) -> 
             by_channel.clear()
         kept = by_channel[channel] = {}
     elif len(kept) >= most:
-        for key in list(itertools.islice(kept, most // 10)):
-            del kept[key]  # the oldest tenth: a cheap, bounded FIFO
+        _drop_oldest_tenth(kept, most)
     return kept
+
+
+def _drop_oldest_tenth(kept: dict[Any, Any], most: int) -> None:
+    for key in list(itertools.islice(kept, most // 10)):
+        del kept[key]  # a cheap, bounded FIFO
 
 
 _rendered: weakref.WeakKeyDictionary[ApiState, _RenderedSites] = weakref.WeakKeyDictionary()
@@ -163,8 +170,9 @@ async def availability_of_sku(state: ApiState, channel: str, sku: str) -> bytes:
     policy = book.policy(channel)
     sites = policy.sites if policy.sites is not None else state.sites
     dated = policy.include_in_transit and policy.in_transit_horizon_days > 0
-    answers = _rendered_for(state, book).answers_of(channel)
-    kept = answers.get(sku)
+    answers = _rendered_for(state, book).kept_answers()
+    key = (channel, sku)
+    kept = answers.get(key)
     if kept is not None and kept[0] == sites:
         idents = kept[1]
         positions = state.positions.lookup_raw(idents)
@@ -185,7 +193,7 @@ async def availability_of_sku(state: ApiState, channel: str, sku: str) -> bytes:
     body = orjson.dumps(render.answer(sku, sites, idents, positions, 0))
     if from_copy:  # an answer from positions read from Redis is never reused
         # A copy: the bytes orjson returns hold a 4 KiB buffer (this one, ~850 bytes).
-        answers[sku] = (tuple(sites), idents, tuple(positions), day, bytes(memoryview(body)))
+        answers[key] = (tuple(sites), idents, tuple(positions), day, bytes(memoryview(body)))
     return body
 
 
