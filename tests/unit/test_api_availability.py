@@ -152,6 +152,22 @@ async def test_the_product_page_answers_kept_are_bounded_over_all_channels(
     assert 0 < len(kept) <= 20
 
 
+async def test_the_site_answers_kept_are_bounded_over_all_channels(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(availability_route, "_RENDERED_MAX", 30)
+    skus = [random_sku() for _ in range(8)]
+    for sku in skus:
+        await api.receive(sku, "DC-1", 4)
+    await copy_current(api)
+
+    answers = [await get(api, sku, f"outlet-{n}", site="DC-1") for n in range(12) for sku in skus]
+
+    assert all(a["atp"] == 4 for a in answers)
+    by_channel = availability_route._rendered_for(api.state, api.state.book).by_channel
+    assert 0 < sum(len(kept) for kept in by_channel.values()) <= 30
+
+
 async def test_a_product_page_of_dated_in_transit_is_rendered_again_the_next_day(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -69,8 +69,10 @@ def _site_body(site: str, pos: ItemSitePosition, atp: int) -> dict[str, Any]:
     }
 
 
-#: Rendered site answers kept per channel, at most (about 230 bytes each).
+#: Rendered site answers kept, at most, over all channels (about 230 bytes each), shared
+#: evenly by the channels asked for (channel names come from requests).
 _RENDERED_MAX = 200_000
+_CHANNELS_MAX = 64
 _Rendered = tuple[RawPosition, int, orjson.Fragment, int]  # position, atp, JSON, day
 #: Whole single-sku answers kept, at most, over all channels (about 1.5 KB each with 5 sites,
 #: 30 MB in all): the hot skus of the storefronts, each re-rendered when a position moves.
@@ -92,33 +94,36 @@ class _RenderedSites:
     def __init__(self, book: PolicyBook) -> None:
         self.book = book
         self.by_channel: dict[str, dict[str, _Rendered]] = {}
+        self.share = _RENDERED_MAX  # of each channel
         self.answers: dict[tuple[str, str], _Answer] = {}  # (channel, sku) -> answer
 
     def of(self, channel: str) -> dict[str, _Rendered]:
-        return _bounded(self.by_channel, channel, _RENDERED_MAX)
+        by_channel = self.by_channel
+        rendered = by_channel.get(channel)
+        if rendered is None:
+            if len(by_channel) >= _CHANNELS_MAX:
+                by_channel.clear()
+            rendered = by_channel[channel] = {}
+            self.share = share = max(1, _RENDERED_MAX // len(by_channel))
+            for kept in by_channel.values():  # a new channel: every one gets its share
+                if len(kept) > share:
+                    _drop_oldest(kept, share)
+        elif len(rendered) >= self.share:
+            _drop_oldest(rendered, self.share - max(1, self.share // 10))
+        return rendered
 
     def kept_answers(self) -> dict[tuple[str, str], _Answer]:
         """Whole answers of single-sku reads (every site of the channel), by channel and sku."""
         answers = self.answers
         if len(answers) >= _ANSWERS_MAX:
-            _drop_oldest_tenth(answers, _ANSWERS_MAX)
+            _drop_oldest(answers, _ANSWERS_MAX - max(1, _ANSWERS_MAX // 10))
         return answers
 
 
-def _bounded(by_channel: dict[str, dict[str, Any]], channel: str, most: int) -> dict[str, Any]:
-    kept = by_channel.get(channel)
-    if kept is None:
-        if len(by_channel) >= 64:  # channel names come from requests
-            by_channel.clear()
-        kept = by_channel[channel] = {}
-    elif len(kept) >= most:
-        _drop_oldest_tenth(kept, most)
-    return kept
-
-
-def _drop_oldest_tenth(kept: dict[Any, Any], most: int) -> None:
-    for key in list(itertools.islice(kept, most // 10)):
-        del kept[key]  # a cheap, bounded FIFO
+def _drop_oldest(kept: dict[Any, Any], keep: int) -> None:
+    """Keep the newest ``keep`` entries (insertion order): a cheap, bounded FIFO."""
+    for key in list(itertools.islice(kept, max(0, len(kept) - keep))):
+        del kept[key]
 
 
 _rendered: weakref.WeakKeyDictionary[ApiState, _RenderedSites] = weakref.WeakKeyDictionary()
