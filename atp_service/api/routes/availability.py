@@ -175,7 +175,8 @@ async def availability_of_sku(state: ApiState, channel: str, sku: str) -> bytes:
     policy = book.policy(channel)
     sites = policy.sites if policy.sites is not None else state.sites
     dated = policy.include_in_transit and policy.in_transit_horizon_days > 0
-    answers = _rendered_for(state, book).kept_answers()
+    rendered_sites = _rendered_for(state, book)
+    answers = rendered_sites.kept_answers()
     key = (channel, sku)
     kept = answers.get(key)
     if kept is not None and kept[0] == sites:
@@ -194,7 +195,7 @@ async def availability_of_sku(state: ApiState, channel: str, sku: str) -> bytes:
     if positions is None:
         positions = await state.positions.read_raw([ItemSite(sku, s) for s in sites])
     day = int(time.time() * 1000) // _DAY_MS
-    render = _Renderer(_rendered_for(state, book).of(channel), policy, channel, day)
+    render = _Renderer(rendered_sites.of(channel), policy, channel, day)
     body = orjson.dumps(render.answer(sku, sites, idents, positions, 0))
     if from_copy:  # an answer from positions read from Redis is never reused
         # A copy: the bytes orjson returns hold a 4 KiB buffer (this one, ~850 bytes).
