@@ -135,15 +135,21 @@ async def test_a_product_page_answered_from_the_copy_follows_every_change(api: A
     assert api.state.positions.current
 
 
+async def stocked_in_the_copy(api: Api, count: int, qty: int) -> list[str]:
+    """``count`` new skus with ``qty`` at DC-1 each, the copy serving."""
+    skus = [random_sku() for _ in range(count)]
+    for sku in skus:
+        await api.receive(sku, "DC-1", qty)
+    await copy_current(api)
+    return skus
+
+
 async def test_the_product_page_answers_kept_are_bounded_over_all_channels(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Channel names come from requests: a caller naming many must not grow the API.
     monkeypatch.setattr(availability_route, "_ANSWERS_MAX", 20)
-    skus = [random_sku() for _ in range(6)]
-    for sku in skus:
-        await api.receive(sku, "DC-1", 3)
-    await copy_current(api)
+    skus = await stocked_in_the_copy(api, 6, 3)
 
     answers = [await get(api, sku, f"outlet-{n}") for n in range(10) for sku in skus]
 
@@ -156,10 +162,7 @@ async def test_the_site_answers_kept_are_bounded_over_all_channels(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(availability_route, "_RENDERED_MAX", 30)
-    skus = [random_sku() for _ in range(8)]
-    for sku in skus:
-        await api.receive(sku, "DC-1", 4)
-    await copy_current(api)
+    skus = await stocked_in_the_copy(api, 8, 4)
 
     answers = [await get(api, sku, f"outlet-{n}", site="DC-1") for n in range(12) for sku in skus]
 
