@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from atp_service.api.app import create_app
 from atp_service.config import Settings, get_settings
+from atp_service.gc_tuning import tune_for_service
 from atp_service.logs import configure_logging
 
 NO_KEYS_MESSAGE = (
@@ -26,7 +27,9 @@ def _configure_logging() -> None:
 def app_from_environment() -> FastAPI:
     """The app of one worker process when ``workers > 1`` (settings from the environment)."""
     _configure_logging()
-    return create_app(get_settings())
+    app = create_app(get_settings())
+    tune_for_service()
+    return app
 
 
 def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
@@ -50,6 +53,7 @@ def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     app: FastAPI | str = (
         "atp_service.api.server:app_from_environment" if workers > 1 else create_app(settings)
     )
+    tune_for_service()  # the process serving (each worker process: app_from_environment)
     uvicorn.run(
         app,
         factory=workers > 1,

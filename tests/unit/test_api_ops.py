@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from atp_service.api import server
 from atp_service.api.server import serve
 from atp_service.config import Settings
 from tests.unit.api_harness import READER, Api, make_settings, running_api
@@ -91,3 +92,15 @@ def test_the_api_refuses_to_start_with_an_unreadable_channels_file(
 
     assert exited.value.code not in (0, None)
     assert "ATP_CHANNELS_FILE" in capsys.readouterr().err
+
+
+def test_the_serving_process_tunes_its_garbage_collector_before_serving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(server, "tune_for_service", lambda: calls.append("tuned"))
+    monkeypatch.setattr(server.uvicorn, "run", lambda app, **_: calls.append("served"))
+
+    serve(make_settings(), "127.0.0.1", 0)
+
+    assert calls == ["tuned", "served"]

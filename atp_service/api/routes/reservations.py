@@ -24,6 +24,7 @@ from starlette.responses import Response
 from atp_service.api.auth import require_scope
 from atp_service.api.bodies import documented_body, json_body
 from atp_service.api.deps import ReservationsWriter, correlation_id_of
+from atp_service.api.direct_route import DirectRoute
 from atp_service.api.errors import ProblemError
 from atp_service.api.schemas import MAX_QUANTITY, PROBLEM_RESPONSES, Channel, SiteCode, Sku
 from atp_service.api.state import ApiState
@@ -235,17 +236,8 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 # The routes take the request and the caller (and a path parameter) only: FastAPI's body
 # reading and dependency solving per request cost more than the rest of the route, Redis
 # aside. What they read by hand (the body, the header) is declared in the OpenAPI document
-# as FastAPI would declare it, and refused with the same 422s.
-@router.post(
-    "",
-    status_code=201,
-    response_model=ReservationOut,
-    responses={
-        409: {"description": "insufficient_stock or idempotency_conflict", **_PROBLEM},
-        422: {"description": "validation_error", **_PROBLEM},
-    },
-    openapi_extra=_CREATE_OPENAPI,
-)
+# as FastAPI would declare it, and refused with the same 422s. The hottest, the creation,
+# takes the request alone and is called directly (DirectRoute).
 async def create_reservation(http: Request) -> Response:
     principal = await _write_scope(http)  # first: a caller without the scope learns nothing
     key, errors = idempotency_key(http)
@@ -303,6 +295,21 @@ async def create_reservation(http: Request) -> Response:
     if placed.replayed:
         headers["Idempotent-Replayed"] = "true"
     return _json(reservation_body(reservation), 201, headers)
+
+
+router.add_api_route(
+    "",
+    create_reservation,
+    methods=["POST"],
+    route_class_override=DirectRoute,
+    status_code=201,
+    response_model=ReservationOut,
+    responses={
+        409: {"description": "insufficient_stock or idempotency_conflict", **_PROBLEM},
+        422: {"description": "validation_error", **_PROBLEM},
+    },
+    openapi_extra=_CREATE_OPENAPI,
+)
 
 
 @router.get("/{reservation_id}", response_model=ReservationOut, responses={404: _PROBLEM})
