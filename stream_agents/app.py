@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 from atp_service import metrics
 from atp_service.config import DLQ_TOPIC, EVENTS_TOPIC, INBOUND_TOPICS, Settings, get_settings
 from atp_service.events import OutboxRelay, relay_consumer_name
+from atp_service.gc_tuning import tune_for_service
 from atp_service.logs import json_logging_config
 from atp_service.store import KeySpace, RedisStore, connect
 from atp_service.store.duty import Duty
@@ -181,6 +182,7 @@ def run_worker(settings: Settings) -> None:
     worker = faust.Worker(
         app, loglevel=settings.log_level, logging_config=json_logging_config(settings.log_level)
     )
+    tune_for_service()  # the app and the worker built: what they hold is frozen
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

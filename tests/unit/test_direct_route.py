@@ -1,9 +1,6 @@
-"""DirectRoute: the endpoint called as is, documented as any route; GC tuning for serving."""
+"""DirectRoute: the endpoint called as is, documented and handled as any route."""
 
 from __future__ import annotations
-
-import gc
-from collections.abc import Iterator
 
 import fastapi.routing
 import httpx
@@ -11,7 +8,6 @@ import pytest
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
-from atp_service import gc_tuning
 from atp_service.api.direct_route import DirectRoute
 from tests.unit.api_harness import READER, auth, make_settings, running_api
 
@@ -91,25 +87,3 @@ async def test_the_hot_routes_solve_no_dependencies_per_request(
     assert other.status_code == 500
     assert (read.status_code, read.json()["atp"]) == (200, 5)
     assert (placed.status_code, placed.json()["lines"][0]["qty"]) == (201, 2)
-
-
-@pytest.fixture
-def gc_restored() -> Iterator[None]:
-    threshold = gc.get_threshold()
-    yield
-    gc.unfreeze()
-    gc.set_threshold(*threshold)
-
-
-@pytest.mark.usefixtures("gc_restored")
-def test_tuning_freezes_what_the_process_holds_and_collects_the_young_less_often() -> None:
-    held = [[n] for n in range(100)]  # tracked containers the process keeps
-
-    gc_tuning.tune_for_service()
-
-    assert gc.get_freeze_count() >= len(held)
-    assert gc.get_threshold()[0] == gc_tuning.YOUNG_THRESHOLD
-    cycle: list[object] = []
-    cycle.append(cycle)
-    del cycle
-    assert gc.collect() >= 1  # garbage in cycles made after it is still found
