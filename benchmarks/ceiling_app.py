@@ -6,7 +6,7 @@ count), with the app factory swapped for ours. Endpoints:
 
 - ``GET /ceiling/http``: a constant availability-shaped body, encoded per request by orjson
   into a ``Response`` (as the availability route does), routed as the API's hot routes are
-  (``DirectRoute``). No auth, no middleware, no Redis.
+  (``DirectRoute``, ``serve_routes``). No auth, no middleware, no Redis.
 - ``GET /ceiling/redis``: the same after one ``GET`` round trip to Redis from redis.asyncio,
   through ``atp_service.store.connect`` (the API's pool, parser and timeouts).
 - ``GET /readyz``: 200 once the Redis client is connected.
@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
 from atp_service.api import server
-from atp_service.api.app import telemetry_config
+from atp_service.api.app import serve_routes, telemetry_config
 from atp_service.api.direct_route import DirectRoute
 from atp_service.config import Settings, get_settings
 from atp_service.store import connect
@@ -84,8 +84,12 @@ def create_ceiling_app(settings: Settings | None = None) -> FastAPI:
         await holder["redis"].get(CEILING_KEY)  # type: ignore[attr-defined]
         return Response(orjson.dumps(BODY), media_type="application/json")
 
+    # Served as the API serves its routes (serve_routes: the app's own table, ahead of the
+    # documentation routes).
+    router = APIRouter()
     for path, endpoint in (("/ceiling/http", constant), ("/ceiling/redis", one_round_trip)):
-        app.router.add_api_route(path, endpoint, methods=["GET"], route_class_override=DirectRoute)
+        router.add_api_route(path, endpoint, methods=["GET"], route_class_override=DirectRoute)
+    serve_routes(app, [router])
 
     @app.get("/readyz")
     async def ready() -> Response:

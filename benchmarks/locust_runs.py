@@ -68,6 +68,23 @@ class Phase:
     def log_path(self) -> Path:
         return Path(f"{self.csv_prefix}.log")
 
+    def steady_span(self) -> tuple[float, float] | None:
+        """Wall times (Unix seconds) of the first and last history rows with every user of
+        the phase running, inside which the load is steady; None without two such rows."""
+        if not self.history_path.exists():
+            return None
+        stamps: list[float] = []
+        with self.history_path.open(newline="") as f:
+            for record in csv.DictReader(f):
+                if (
+                    record["Name"] == "Aggregated"
+                    and int(_number(record["User Count"])) == self.users
+                ):
+                    stamps.append(_number(record["Timestamp"]))
+        if len(stamps) < 2:
+            return None
+        return min(stamps), max(stamps)
+
 
 def _number(text: str) -> float:
     try:

@@ -119,6 +119,7 @@ def markdown(results: dict[str, Any]) -> str:
         shown = _ratio(value) if isinstance(value, float) and value < 10 else _fmt(value)
         met = {True: "yes", False: "no", None: "n/a"}[item["met"]]
         lines.append(f"| {item['label']} | {shown} | {item['target']} | {met} |")
+    lines += cpu_table(results.get("cpu") or {})
     peak = results.get("peak")
     if peak:
         lines += [
@@ -137,6 +138,44 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("plots"):
         lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in results["plots"])]
     return "\n".join(lines) + "\n"
+
+
+#: Phases of the CPU table, in order, and how the table names them.
+CPU_PHASES = {
+    "ceiling_http": "HTTP ceiling (GET, constant JSON)",
+    "availability": "availability read, 1 sku",
+    "availability_half_load": "availability at half load",
+    "batch50": "batch of 50 skus",
+    "ceiling_redis": "Redis ceiling (GET + one Redis GET)",
+    "reservations": "reservation, 2 lines (held, then expired)",
+    "bare_consumer": "bare consumer (per event)",
+    "fold": "fold, until relayed (per event)",
+}
+CPU_COLUMNS = ("locust", "api", "ceiling", "redis", "worker", "broker", "bench", "other", "all")
+
+
+def cpu_table(cpu: dict[str, dict[str, Any]]) -> list[str]:
+    """CPU per request (or event) of every process, per phase: what bounds each figure."""
+    if not cpu:
+        return []
+    lines = [
+        "",
+        "CPU per request (per event for the Kafka rows), microseconds, by process, over each"
+        " phase's steady span (`benchmarks/cpu.py`); `bench` is the benchmark itself (the bare"
+        " consumer, the freshness probes), `other` the rest of the machine; busy = cores busy"
+        " of the machine's:",
+        "",
+        "| phase | " + " | ".join(CPU_COLUMNS) + " | busy |",
+        "|---|" + "---|" * (len(CPU_COLUMNS) + 1),
+    ]
+    for name, label in CPU_PHASES.items():
+        entry = cpu.get(name)
+        if not entry:
+            continue
+        per = entry["us_per_unit"]
+        cells = [_fmt(per.get(col)) if per.get(col) else "" for col in CPU_COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {entry['busy_cores']:.2f} |")
+    return lines
 
 
 def write(results: dict[str, Any], out_dir: Path) -> None:

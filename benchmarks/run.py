@@ -32,6 +32,7 @@ from atp_service.store.keys import outbox
 from benchmarks import profiling, report
 from benchmarks.catalogue import Catalogue
 from benchmarks.ceiling_app import CEILING_KEY
+from benchmarks.cpu import CpuMeter, Window
 from benchmarks.locust_runs import Phase, run_phase
 from benchmarks.services import BenchError, RssSampler, Services
 from benchmarks.shapes import one_stage, peak_stages
@@ -157,8 +158,60 @@ class Run:
         self.profiles: dict[str, Any] = {}
         self.recordings: list[profiling.Recording] = []
         self.profile_texts: list[str] = []
+        self.cpu_meter = CpuMeter(self._role_roots())
+        #: CPU per request (or event) by process, per phase (benchmarks/cpu.py).
+        self.cpu: dict[str, dict[str, Any]] = {}
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _role_roots(self) -> dict[str, Any]:
+        services = self.services
+
+        def child(name: str) -> Any:
+            return lambda: [c.proc.pid] if (c := services.children.get(name)) else []
+
+        def managed(get: Any) -> Any:
+            return lambda: [proc.pid] if (proc := get().proc) is not None else []
+
+        return {
+            "api": child("api"),
+            "ceiling": child("ceiling"),
+            "worker": child("worker"),
+            "redis": managed(lambda: services.stack.redis),
+            "broker": managed(lambda: services.stack.kafka),
+        }
+
+    def mark(self) -> float:
+        """A CPU sample now (the edge of a timed span); its wall time."""
+        return self.cpu_meter.sample().at
+
+    def record_cpu(
+        self, name: str, window: Window | None, units: float, unit: str = "event"
+    ) -> None:
+        """Keep ``window``'s CPU per ``unit`` (request, event) of each process as ``name``."""
+        if window is None or window.seconds < 0.2 or units <= 0:
+            return  # too short a span to tell (a quick run's fold)
+        self.cpu[name] = {
+            "unit": unit,
+            "window_s": round(window.seconds, 2),
+            "units": round(units),
+            "busy_cores": round(window.busy_cores, 2),
+            "us_per_unit": window.per_unit_us(units),
+        }
+
+    def record_phase_cpu(self, phase: Phase, row_name: str) -> None:
+        """CPU per request of ``row_name`` while every user of ``phase`` ran: each process's CPU
+        rate over the steady span (a second in from each end), divided by the row's rate."""
+        span = phase.steady_span()
+        row = phase.rows.get(row_name)
+        if span is None or row is None or not row.rps:
+            return
+        # A second in from each end (less on short phases): the history's times are whole
+        # seconds.
+        margin = min(1.0, (span[1] - span[0]) / 4)
+        window = self.cpu_meter.window(span[0] + margin, span[1] - margin)
+        if window is not None:
+            self.record_cpu(phase.name, window, row.rps * window.seconds, "request")
 
     def locust_env(self) -> dict[str, str]:
         s = self.services
@@ -216,7 +269,7 @@ class Run:
         services = self.services
         say(f"{plan.mode} run; results in {plan.out}")
         sync_redis = redis.Redis.from_url(services.stack.redis_url, decode_responses=True)
-        with RssSampler(services) as rss:
+        with RssSampler(services) as rss, self.cpu_meter:
             try:
                 services.start_stack()
                 services.start_api()
@@ -258,6 +311,7 @@ class Run:
         )
         if self.profiles:
             self.results["profiles"] = self.profiles
+        self.results["cpu"] = self.cpu
         self.results["targets"] = report.check_targets(self.results)
         self._plots()
         report.write(self.results, plan.out)
@@ -272,16 +326,27 @@ class Run:
             produce_catalogue(services.stack.bootstrap, catalogue, uuid.uuid4().hex[:8])
         )
         say(f"produced at {produced.per_second:,.0f} msg/s; bare consumer reading them back")
-        consumed = asyncio.run(bare_consume(services.stack.bootstrap, catalogue.item_sites))
+        consumed = asyncio.run(
+            bare_consume(services.stack.bootstrap, catalogue.item_sites, mark=self.mark)
+        )
+        self.record_cpu("bare_consumer", self.cpu_meter.window(*consumed.marks), consumed.messages)
         say(f"bare consumer: {consumed.per_second:,.0f} events/s; starting the worker")
         services.start_worker()
         fold_timeout = max(120.0, catalogue.item_sites / 500)
         self.profile("worker-fold", "worker", min(30.0, catalogue.item_sites / 20_000 + 1))
         folded = wait_folded(
-            services.worker_metrics_url, catalogue.item_sites, services.check_alive, fold_timeout
+            services.worker_metrics_url,
+            catalogue.item_sites,
+            services.check_alive,
+            fold_timeout,
+            mark=self.mark,
         )
         say(f"folded {folded.events:,} events at {folded.per_second:,.0f}/s; draining the outbox")
         wait_outbox_drained(services, sync_redis)
+        # From the first fold seen to the last event relayed: all it took to fold and publish.
+        self.record_cpu(
+            "fold", self.cpu_meter.window(folded.first_seen, self.mark()), folded.events
+        )
         after = int(sync_redis.info("memory")["used_memory"])
         keys_after = int(sync_redis.dbsize())
         rss.sample()
@@ -387,6 +452,15 @@ class Run:
         self.collect_profiles()
         redis_row, reserve_row = redis_phase.row("ceiling redis"), reserve.row("reserve 2 lines")
         sold_out = reserve.rows.get("reserve 2 lines: insufficient_stock")
+        for phase, row_name in (
+            (http, "ceiling http"),
+            (avail, "availability"),
+            (half_load, "availability"),
+            (batch, "availability batch 50"),
+            (redis_phase, "ceiling redis"),
+            (reserve, "reserve 2 lines"),
+        ):
+            self.record_phase_cpu(phase, row_name)
         self.results["ceilings"].update(
             http={**http_row.as_dict(), "users": users},
             redis={**redis_row.as_dict(), "users": users},

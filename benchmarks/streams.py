@@ -70,17 +70,30 @@ async def produce_catalogue(bootstrap: str, catalogue: Catalogue, run_id: str) -
 # -- the Kafka ceiling: a bare consumer ----------------------------------------------------------
 
 
+#: Called at the start and the end of a timed span; returns the wall time it marked (the
+#: CPU meter takes a sample then: benchmarks/cpu.py).
+Mark = Callable[[], float]
+
+
+def _no_mark() -> float:
+    return time.time()
+
+
 @dataclass
 class Consumed:
     messages: int
     seconds: float
+    #: Wall times marked at the first fetch and after the last record.
+    marks: tuple[float, float] = (0.0, 0.0)
 
     @property
     def per_second(self) -> float:
         return self.messages / self.seconds if self.seconds else 0.0
 
 
-async def bare_consume(bootstrap: str, expected: int, within: float = 120.0) -> Consumed:
+async def bare_consume(
+    bootstrap: str, expected: int, within: float = 120.0, mark: Mark = _no_mark
+) -> Consumed:
     """Read ``expected`` messages of the inbound topic from the beginning, doing nothing with
     them: aiokafka's own speed on this broker. Timed from the first fetch to the last record
     (the connection and the metadata are not counted; the first fetch's wait is)."""
@@ -94,12 +107,14 @@ async def bare_consume(bootstrap: str, expected: int, within: float = 120.0) -> 
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         seen = 0
+        marked = mark()
         first = time.perf_counter()
         deadline = time.monotonic() + within
         while seen < expected and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
             seen += sum(len(records) for records in batches.values())
-        return Consumed(seen, time.perf_counter() - first)
+        seconds = time.perf_counter() - first
+        return Consumed(seen, seconds, (marked, mark()))
     finally:
         await consumer.stop()
 
@@ -124,6 +139,8 @@ class Folded:
     events: int
     dead_lettered: int
     seconds: float
+    #: Wall time marked when the first fold was seen.
+    first_seen: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -136,6 +153,7 @@ def wait_folded(
     check_alive: Callable[[], None],
     timeout: float,
     poll: float | None = None,
+    mark: Mark = _no_mark,
 ) -> Folded:
     """Wait until the worker has handled ``expected`` events; timed from its first fold.
 
@@ -146,6 +164,7 @@ def wait_folded(
         poll = 0.1 if expected < 100_000 else 0.25
     deadline = time.monotonic() + timeout
     first = 0.0
+    first_seen = 0.0
     base, _ = worker_counts(metrics_url)
     while True:
         done, dead = worker_counts(metrics_url)
@@ -153,8 +172,9 @@ def wait_folded(
         now = time.perf_counter()
         if done and not first:
             first = now - poll / 2  # it started during the last interval
+            first_seen = mark()
         if done + dead >= expected:
-            return Folded(done, dead, now - first)
+            return Folded(done, dead, now - first, first_seen)
         check_alive()
         if time.monotonic() > deadline:
             raise TimeoutError(f"the worker folded {done} of {expected} events in {timeout:g}s")

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel
 
@@ -58,6 +58,27 @@ def document_models(app: FastAPI, models: list[type[BaseModel]]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def serve_routes(app: FastAPI, routers: list[APIRouter]) -> None:
+    """Put the routers' routes in the app's own route table, in order, ahead of FastAPI's
+    documentation routes (matched first: a request tries the routes in order).
+
+    Not ``include_router``: since FastAPI 0.130 an included router stays a router of its own
+    (``_IncludedRouter``) that matches each request against its routes twice (once to be
+    chosen, once to dispatch), keeping route contexts in the scope on the way. Measured on
+    a product-page read called directly (no HTTP): 38 µs included, 31 µs in the app's own
+    table, 26 µs ahead of the four documentation routes. The benchmark's ceiling app serves
+    its endpoints through this function too, so both sides of the ratio route alike.
+
+    The routers declare nothing at inclusion (no prefix, tags, responses or dependencies:
+    their own are already in each route, put there by ``APIRouter.add_api_route``), so the
+    routes and the OpenAPI document are the same as with ``include_router``
+    (tests/unit/test_api_routing.py). The routes do not see ``app.dependency_overrides``
+    (nothing here uses them).
+    """
+    routes = [route for router in routers for route in router.routes]
+    app.router.routes[0:0] = routes
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -101,8 +122,7 @@ def create_app(
     )
     app.state.atp = state
     install_error_handlers(app, retry_after=settings.redis_retry_after_seconds)
-    for router in ROUTERS:
-        app.include_router(router)
+    serve_routes(app, ROUTERS)
     document_models(app, DOCUMENTED_MODELS)
     # Inside the request context, so a 413 carries the correlation id and is timed.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)

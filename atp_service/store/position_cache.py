@@ -367,6 +367,6 @@ class PositionCache:
             finally:
                 self._connected = False
                 try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
                 except Exception:
                     log.debug("closing the subscription", exc_info=True)

@@ -89,10 +89,26 @@ def test_quick_mode_writes_every_figure_with_its_ceiling(quick_run: Path) -> Non
 
 
 @pytest.mark.e2e
+def test_quick_mode_measures_the_cpu_of_every_process_per_request(quick_run: Path) -> None:
+    cpu = json.loads((quick_run / "results.json").read_text())["cpu"]
+    # the HTTP phases; the quick run's Kafka spans are too short to measure
+    assert set(cpu) >= {"ceiling_http", "availability", "ceiling_redis", "reservations"}
+    for name, entry in cpu.items():
+        per = entry["us_per_unit"]
+        assert per["all"] > 0 and entry["busy_cores"] > 0, name
+        # the roles add up to what the machine was busy (CPU times tick every 10 ms)
+        assert sum(v for k, v in per.items() if k not in ("other", "all")) <= per["all"] * 1.2
+    assert cpu["ceiling_http"]["us_per_unit"]["ceiling"] > 0
+    assert cpu["availability"]["us_per_unit"]["api"] > 0
+    assert cpu["reservations"]["us_per_unit"]["redis"] > 0
+
+
+@pytest.mark.e2e
 def test_quick_mode_writes_the_table_and_a_plot_per_phase(quick_run: Path) -> None:
     table = (quick_run / "results.md").read_text()
     assert "| availability reads, 1 sku |" in table
     assert "| reservations, 2 lines |" in table
+    assert "| reservation, 2 lines (held, then expired) |" in table  # the CPU table
     for name in PLOTS:
         png = quick_run / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png.name} is not a PNG"
