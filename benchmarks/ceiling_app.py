@@ -2,13 +2,21 @@
 
 ``python -m benchmarks.ceiling_app --port P --workers N`` runs it through
 ``atp_service.api.server.serve`` itself (the same uvicorn options, loop, HTTP parser, worker
-count), with the app factory swapped for ours. Endpoints:
+count), with the app factory swapped for ours. Each ceiling is asked the very request it is
+compared with (benchmarks/locustfile.py), so that the load generator, which shares the
+machine, does the same work on both sides of a ratio; the ceiling ignores what it is told.
+Endpoints, routed as the API's hot routes are (``DirectRoute``, ``serve_routes``), with no
+auth and no middleware:
 
-- ``GET /ceiling/http``: a constant availability-shaped body, encoded per request by orjson
-  into a ``Response`` (as the availability route does), routed as the API's hot routes are
-  (``DirectRoute``, ``serve_routes``). No auth, no middleware, no Redis.
-- ``GET /ceiling/redis``: the same after one ``GET`` round trip to Redis from redis.asyncio,
-  through ``atp_service.store.connect`` (the API's pool, parser and timeouts).
+- ``GET /ceiling/http/{sku}``: a constant availability-shaped body, encoded per request by
+  orjson into a ``Response`` (as the availability route does). Asked as a product page is
+  (``/v1/availability/{sku}?channel=web``, the read key's ``Authorization``).
+- ``GET /ceiling/http``: the same at one fixed URL (the reference the ceiling was until
+  2026-12-04: a cheaper request for the load generator).
+- ``POST /ceiling/redis``: the request's body read, one ``GET`` round trip to Redis from
+  redis.asyncio through ``atp_service.store.connect`` (the API's pool, parser and timeouts),
+  a constant reservation-shaped body. Asked as a 2-line reservation is (the same body,
+  ``Idempotency-Key`` and ``Authorization``).
 - ``GET /readyz``: 200 once the Redis client is connected.
 """
 
@@ -51,6 +59,21 @@ BODY = {
     ],
     "as_of": "2026-11-23T05:00:00.123Z",
 }
+#: The size and shape of the answer to a 2-line reservation (201).
+RESERVATION_BODY = {
+    "reservation_id": "res_" + "0" * 32,
+    "status": "held",
+    "channel": "web",
+    "order_ref": None,
+    "mode": "all_or_nothing",
+    "expires_at": "2026-11-23T05:00:05.123Z",
+    "created_at": "2026-11-23T05:00:00.123Z",
+    "updated_at": "2026-11-23T05:00:00.123Z",
+    "lines": [
+        {"sku": sku, "site": "DC-EAST", "qty": 1, "reserved": 1, "allocated": 0}
+        for sku in ("SKU-00042", "SKU-01042")
+    ],
+}
 
 
 def create_ceiling_app(settings: Settings | None = None) -> FastAPI:
@@ -81,14 +104,19 @@ def create_ceiling_app(settings: Settings | None = None) -> FastAPI:
         return Response(orjson.dumps(BODY), media_type="application/json")
 
     async def one_round_trip(request: Request) -> Response:
+        await request.body()
         await holder["redis"].get(CEILING_KEY)  # type: ignore[attr-defined]
-        return Response(orjson.dumps(BODY), media_type="application/json")
+        return Response(orjson.dumps(RESERVATION_BODY), 201, media_type="application/json")
 
     # Served as the API serves its routes (serve_routes: the app's own table, ahead of the
     # documentation routes).
     router = APIRouter()
-    for path, endpoint in (("/ceiling/http", constant), ("/ceiling/redis", one_round_trip)):
-        router.add_api_route(path, endpoint, methods=["GET"], route_class_override=DirectRoute)
+    for path, endpoint, method in (
+        ("/ceiling/http/{sku:path}", constant, "GET"),
+        ("/ceiling/http", constant, "GET"),
+        ("/ceiling/redis", one_round_trip, "POST"),
+    ):
+        router.add_api_route(path, endpoint, methods=[method], route_class_override=DirectRoute)
     serve_routes(app, [router])
 
     @app.get("/readyz")

@@ -143,17 +143,23 @@ class _Reserving(_AtpUser):
         return {**OMS_HEADERS, "Idempotency-Key": os.urandom(16).hex()}
 
     def reserve(
-        self, lines: list[dict[str, Any]], ttl: int, name: str, *, want_id: bool = True
+        self,
+        lines: list[dict[str, Any]],
+        ttl: int,
+        name: str,
+        *,
+        want_id: bool = True,
+        path: str = "/v1/reservations",
     ) -> str | None:
         """The reservation id, or None when it was refused as sold out (a 409, not an error).
 
         ``want_id=False``: the body is not parsed (None either way), as a client that only
         places orders would not; the load generator shares the machine with the service.
+        ``path``: where to send it (the Redis ceiling is asked the very same request).
         """
-        body = {"channel": CHANNEL, "ttl_seconds": ttl, "mode": "all_or_nothing", "lines": lines}
         with self.client.post(
-            "/v1/reservations",
-            data=json.dumps(body),
+            path,
+            data=_reservation_body(lines, ttl),
             headers=self.headers(),
             name=name,
             catch_response=True,
@@ -204,6 +210,12 @@ class ReserveOnlyUser(_Reserving):
         self.reserve(_two_lines(), 5, "reserve 2 lines", want_id=False)
 
 
+def _reservation_body(lines: list[dict[str, Any]], ttl: int) -> str:
+    return json.dumps(
+        {"channel": CHANNEL, "ttl_seconds": ttl, "mode": "all_or_nothing", "lines": lines}
+    )
+
+
 class FlashSaleUser(_Reserving):
     """Everybody wants the hot sku at the first site; most confirm what they got."""
 
@@ -218,26 +230,45 @@ class FlashSaleUser(_Reserving):
 
 
 # -- ceilings (benchmarks/ceiling_app.py) ----------------------------------------------------
+# Each asks the ceiling app the very request of the figure it is the ceiling of (path shape,
+# query, headers, body): the load generator shares the machine, so its work per request must
+# be the same on both sides of a ratio. The ceiling app ignores what it is told.
 
 
 class HttpCeilingUser(_AtpUser):
-    """A constant JSON body: the framework, server and serializer, nothing else."""
+    """A product page's request; a constant JSON body: the framework, server and serializer."""
 
     host = CEILING_HOST
 
     @task
     def constant(self) -> None:
-        self.client.get("/ceiling/http", name="ceiling http")
+        self.client.get(
+            f"/ceiling/http/{POPULARITY.sku()}?channel={CHANNEL}",
+            headers=READ_HEADERS,
+            name="ceiling http",
+        )
 
 
-class RedisCeilingUser(_AtpUser):
-    """The same, plus one Redis round trip (GET) from redis.asyncio."""
+class FixedUrlCeilingUser(_AtpUser):
+    """The same body at one fixed URL, no query, no header: what the load generator's
+    share of a ratio is worth (a reference beside the HTTP ceiling)."""
+
+    host = CEILING_HOST
+
+    @task
+    def constant(self) -> None:
+        self.client.get("/ceiling/http", name="ceiling http, fixed url")
+
+
+class RedisCeilingUser(_Reserving):
+    """A 2-line reservation's request; one Redis round trip (GET) from redis.asyncio and a
+    constant reservation-shaped answer."""
 
     host = CEILING_HOST
 
     @task
     def one_get(self) -> None:
-        self.client.get("/ceiling/redis", name="ceiling redis")
+        self.reserve(_two_lines(), 5, "ceiling redis", want_id=False, path="/ceiling/redis")
 
 
 USER_CLASSES: dict[str, type[User]] = {
@@ -250,6 +281,7 @@ USER_CLASSES: dict[str, type[User]] = {
         ReserveOnlyUser,
         FlashSaleUser,
         HttpCeilingUser,
+        FixedUrlCeilingUser,
         RedisCeilingUser,
     )
 }

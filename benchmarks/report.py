@@ -105,9 +105,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"| RSS peak: API / worker / Redis | {_mib(m['api_rss_peak_bytes'])} /"
         f" {_mib(m['worker_rss_peak_bytes'])} / {_mib(m['redis_rss_peak_bytes'])} | | | |",
         "",
-        "Ceilings at the same concurrency, same run: HTTP "
-        f"{_fmt(c['http']['rps'])} req/s (p99 {_fmt(c['http']['p99_ms'])} ms), Redis round trip "
-        f"over HTTP {_fmt(c['redis']['rps'])} req/s (p99 {_fmt(c['redis']['p99_ms'])} ms), "
+        "Ceilings at the same concurrency, same run, each asked the request of its figure: HTTP "
+        f"{_fmt(c['http']['rps'])} req/s (p99 {_fmt(c['http']['p99_ms'])} ms; at one fixed URL"
+        f" with no query or header {_fmt(c.get('http_fixed_url', {}).get('rps'))} req/s),"
+        f" Redis round trip over HTTP {_fmt(c['redis']['rps'])} req/s"
+        f" (p99 {_fmt(c['redis']['p99_ms'])} ms), "
         f"redis.asyncio GET loop without HTTP {_fmt(c['redis_direct']['ops_per_s'])} ops/s, "
         f"bare aiokafka consumer {_fmt(c['kafka_bare_consumer']['events_per_s'])} events/s.",
         "",
@@ -142,11 +144,12 @@ def markdown(results: dict[str, Any]) -> str:
 
 #: Phases of the CPU table, in order, and how the table names them.
 CPU_PHASES = {
-    "ceiling_http": "HTTP ceiling (GET, constant JSON)",
+    "ceiling_http": "HTTP ceiling (constant JSON, asked as a product page)",
+    "ceiling_http_fixed_url": "HTTP ceiling, one fixed URL (reference)",
     "availability": "availability read, 1 sku",
     "availability_half_load": "availability at half load",
     "batch50": "batch of 50 skus",
-    "ceiling_redis": "Redis ceiling (GET + one Redis GET)",
+    "ceiling_redis": "Redis ceiling (asked as a reservation; one Redis GET)",
     "reservations": "reservation, 2 lines (held, then expired)",
     "bare_consumer": "bare consumer (per event)",
     "fold": "fold, until relayed (per event)",

@@ -432,6 +432,9 @@ class Run:
         users = plan.users
         self.phases: dict[str, Phase] = {}
         http = self.phases["ceiling_http"] = self.phase("ceiling_http", "HttpCeilingUser")
+        fixed = self.phases["ceiling_http_fixed_url"] = self.phase(
+            "ceiling_http_fixed_url", "FixedUrlCeilingUser"
+        )
         self.profile("api-availability", "api", plan.phase_seconds)
         avail = self.phases["availability"] = self.phase("availability", "AvailabilityUser")
         self.collect_profiles()
@@ -452,8 +455,10 @@ class Run:
         self.collect_profiles()
         redis_row, reserve_row = redis_phase.row("ceiling redis"), reserve.row("reserve 2 lines")
         sold_out = reserve.rows.get("reserve 2 lines: insufficient_stock")
+        fixed_row = fixed.row("ceiling http, fixed url")
         for phase, row_name in (
             (http, "ceiling http"),
+            (fixed, "ceiling http, fixed url"),
             (avail, "availability"),
             (half_load, "availability"),
             (batch, "availability batch 50"),
@@ -463,6 +468,7 @@ class Run:
             self.record_phase_cpu(phase, row_name)
         self.results["ceilings"].update(
             http={**http_row.as_dict(), "users": users},
+            http_fixed_url={**fixed_row.as_dict(), "users": users},
             redis={**redis_row.as_dict(), "users": users},
             redis_direct={"ops_per_s": round(direct), "tasks": users},
         )
@@ -517,11 +523,12 @@ class Run:
     def _plots(self) -> None:
         plots = []
         titles = {
-            "ceiling_http": "HTTP ceiling (constant JSON)",
+            "ceiling_http": "HTTP ceiling (constant JSON, asked as a product page)",
+            "ceiling_http_fixed_url": "HTTP ceiling at one fixed URL (reference)",
             "availability": "Availability reads, one sku",
             "availability_half_load": "Availability at half the HTTP ceiling's load",
             "batch50": "Availability batch of 50 skus",
-            "ceiling_redis": "Redis ceiling (one GET per request)",
+            "ceiling_redis": "Redis ceiling (one GET per request, asked as a reservation)",
             "reservations": "Reservations of 2 lines",
             "peak": "Peak: ramp, spike (flash sale), sustain",
         }

@@ -26,12 +26,14 @@ FIGURES = {
 }
 CEILINGS = {
     "http": "rps",
+    "http_fixed_url": "rps",
     "redis": "rps",
     "redis_direct": "ops_per_s",
     "kafka_bare_consumer": "events_per_s",
 }
 PLOTS = (
     "ceiling_http",
+    "ceiling_http_fixed_url",
     "availability",
     "availability_half_load",
     "batch50",
