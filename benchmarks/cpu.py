@@ -25,9 +25,6 @@ from dataclasses import dataclass, field
 
 import psutil
 
-#: Roles in the order tables show them.
-ROLES = ("locust", "api", "ceiling", "redis", "worker", "broker", "bench")
-
 
 def _cpu_seconds(proc: psutil.Process) -> float:
     times = proc.cpu_times()

@@ -187,6 +187,12 @@ def _two_lines() -> list[dict[str, Any]]:
     return [{"sku": sku, "site": site, "qty": 1} for sku in skus]
 
 
+def _reservation_body(lines: list[dict[str, Any]], ttl: int) -> str:
+    return json.dumps(
+        {"channel": CHANNEL, "ttl_seconds": ttl, "mode": "all_or_nothing", "lines": lines}
+    )
+
+
 class OmsUser(_Reserving):
     """Reserves an order of 2 lines, then confirms (60%), releases (30%) or lets it expire."""
 
@@ -208,12 +214,6 @@ class ReserveOnlyUser(_Reserving):
     @task
     def place_order(self) -> None:
         self.reserve(_two_lines(), 5, "reserve 2 lines", want_id=False)
-
-
-def _reservation_body(lines: list[dict[str, Any]], ttl: int) -> str:
-    return json.dumps(
-        {"channel": CHANNEL, "ttl_seconds": ttl, "mode": "all_or_nothing", "lines": lines}
-    )
 
 
 class FlashSaleUser(_Reserving):
