@@ -32,7 +32,12 @@ _STRICT_BODY = ConfigDict(extra="forbid")
 
 class SiteAvailability(BaseModel):
     site: str
-    atp: int = Field(description="What the channel may promise from this site.")
+    atp: int = Field(
+        description="What the channel may promise from this site: max(0, stock) + "
+        "max(0, inbound - owed), where stock = floor(min(sellable, sellable * share / 100)) "
+        "- safety_stock, owed = max(0, -stock) and inbound is the in-transit the channel "
+        "may promise. Units the site owes come out of the inbound first."
+    )
     on_hand: int
     allocated: int
     quarantined: int

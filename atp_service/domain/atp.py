@@ -32,7 +32,16 @@ def inbound_within_horizon(position: ItemSitePosition, policy: ChannelPolicy, to
 def atp_for_site(position: ItemSitePosition, policy: ChannelPolicy, today: date) -> int:
     """atp(sku, site, channel) of the contract; never negative.
 
-    max(0, floor(min(sellable, sellable * share / 100)) - safety_stock) + inbound
+        stock = floor(min(sellable, sellable * share / 100)) - safety_stock
+        owed  = max(0, -stock)
+        atp   = max(0, stock) + max(0, inbound - owed)
+
+    Units the site owes come out of the inbound first, so an inbound unit is never
+    promised twice: reserving ``atp`` units leaves an ATP of 0 (with a share below 100 the
+    channel may then promise its share of what stock is left, never more than exists).
+    ``owed`` counts from the channel's safety line rather than from 0 (the contract's
+    ``max(0, -sellable)``, the same whenever the safety stock is 0): otherwise units reserved
+    below that line would be promised again from the inbound, and the safety stock with them.
     """
     sellable = position.sellable
     # Integer floor division keeps the arithmetic exact for every quantity up to 10^9.
@@ -42,7 +51,9 @@ def atp_for_site(position: ItemSitePosition, policy: ChannelPolicy, today: date)
         if position.safety_stock_override is not None
         else policy.safety_stock
     )
-    return max(0, shared - safety) + inbound_within_horizon(position, policy, today)
+    stock = shared - safety
+    owed = max(0, -stock)
+    return max(0, stock) + max(0, inbound_within_horizon(position, policy, today) - owed)
 
 
 def atp_for_channel(

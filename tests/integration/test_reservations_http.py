@@ -34,11 +34,14 @@ pytestmark = pytest.mark.integration
 
 OMS_KEY = "test-oms-http-key"
 READER_KEY = "test-reader-http-key"
+ADMIN_KEY = "test-admin-http-key"
 API_KEYS = [
+    {"name": "ops", "key": ADMIN_KEY, "scopes": ["admin"]},
     {"name": "oms", "key": OMS_KEY, "scopes": ["reservations:write", "availability:read"]},
     {"name": "storefront", "key": READER_KEY, "scopes": ["availability:read"]},
 ]
 OMS = {"Authorization": f"Bearer {OMS_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 NOW = "2026-11-23T05:00:00Z"
 
 
@@ -139,6 +142,60 @@ async def test_200_concurrent_requests_for_25_units_hold_exactly_25(
     assert codes == {201: 25, 409: 175}
     assert held == in_redis == 25
     assert {r.json()["code"] for r in responses if r.status_code == 409} == {"insufficient_stock"}
+
+
+async def promises_inbound(client: httpx.AsyncClient) -> str:
+    """A channel of its own that promises every inbound unit, whatever its ETA."""
+    channel = f"inbound-{uuid.uuid4().hex[:8]}"
+    put = await client.put(
+        f"/v1/policies/channels/{channel}", json={"include_in_transit": True}, headers=ADMIN
+    )
+    assert put.status_code == 200, put.text
+    return channel
+
+
+async def ship(store: RedisStore, sku: str, site: str, bucket: Bucket, qty: int) -> None:
+    source = Source.ERP if bucket is Bucket.IN_TRANSIT else Source.WMS
+    await store.fold(
+        InventoryDelta(random_event_id(), source, sku, site, bucket, qty, NOW), PolicyBook.of({})
+    )
+
+
+async def test_200_concurrent_requests_for_25_inbound_units_hold_exactly_25(
+    client: httpx.AsyncClient, store: RedisStore
+) -> None:
+    # Issue 14: with nothing on hand, every reservation of inbound units answered 201.
+    channel = await promises_inbound(client)
+    sku, site = random_sku("inbound"), random_site()
+    await ship(store, sku, site, Bucket.IN_TRANSIT, 25)
+
+    responses = await asyncio.gather(
+        *(reserve(client, body((sku, site, 1), channel=channel)) for _ in range(200))
+    )
+
+    codes = Counter(r.status_code for r in responses)
+    assert codes == {201: 25, 409: 175}, codes
+    assert await reserved(store, sku, site) == 25
+    left = await client.get(f"/v1/availability/{sku}", params={"channel": channel}, headers=OMS)
+    assert left.json()["atp"] == 0
+
+
+async def test_units_a_site_owes_are_not_reserved_out_of_its_inbound(
+    client: httpx.AsyncClient, store: RedisStore
+) -> None:
+    # A pick reported before its receipt: 4 allocated, 0 on hand; 10 inbound leave 6.
+    channel = await promises_inbound(client)
+    sku, site = random_sku("owed"), random_site()
+    await ship(store, sku, site, Bucket.ALLOCATED, 4)
+    await ship(store, sku, site, Bucket.IN_TRANSIT, 10)
+
+    too_many = await reserve(client, body((sku, site, 7), channel=channel))
+    enough = await reserve(client, body((sku, site, 6), channel=channel))
+    one_more = await reserve(client, body((sku, site, 1), channel=channel))
+
+    assert too_many.status_code == 409
+    assert too_many.json()["lines"] == [{"sku": sku, "site": site, "qty": 7, "atp": 6}]
+    assert (enough.status_code, one_more.status_code) == (201, 409)
 
 
 async def test_mixed_concurrent_multi_line_requests_never_oversell(

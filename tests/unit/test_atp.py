@@ -90,6 +90,30 @@ def test_channel_atp_sums_only_the_channels_sites() -> None:
     assert atp_for_channel(positions, ChannelPolicy(sites=("DC-WEST",)), TODAY) == 7
 
 
+def test_inbound_units_once_reserved_are_not_promised_again() -> None:
+    # Issue 14: 0 on hand and 10 inbound; a reservation of the 10 left the ATP at 10.
+    policy = ChannelPolicy(include_in_transit=True)
+    inbound = {TODAY + timedelta(days=3): 10}
+    assert atp_for_site(position(in_transit_by_eta=inbound), policy, TODAY) == 10
+    held = position(reserved=10, in_transit_by_eta=inbound)
+    assert atp_for_site(held, policy, TODAY) == 0
+
+
+def test_units_a_site_owes_come_out_of_its_inbound() -> None:
+    # A pick reported before its receipt: 4 allocated, 0 on hand, 10 inbound.
+    pos = position(allocated=4, in_transit_by_eta={TODAY + timedelta(days=1): 10})
+    assert atp_for_site(pos, ChannelPolicy(include_in_transit=True), TODAY) == 6
+
+
+def test_safety_stock_is_not_promised_through_the_inbound() -> None:
+    policy = ChannelPolicy(include_in_transit=True, safety_stock=3)
+    inbound = {TODAY + timedelta(days=1): 2}
+    assert atp_for_site(position(on_hand=10, in_transit_by_eta=inbound), policy, TODAY) == 9
+    # The 9 reserved took the 7 units above the safety line and the 2 inbound ones.
+    held = position(on_hand=10, reserved=9, in_transit_by_eta=inbound)
+    assert atp_for_site(held, policy, TODAY) == 0
+
+
 def test_policy_rejects_a_share_above_one_hundred() -> None:
     try:
         ChannelPolicy(share=101)
@@ -167,3 +191,47 @@ def test_more_units_on_hand_never_promise_less(
         safety_stock_override=pos.safety_stock_override,
     )  # fmt: skip
     assert atp_for_site(more, policy, TODAY) >= atp_for_site(pos, policy, TODAY)
+
+
+def _with_reserved(pos: ItemSitePosition, more: int) -> ItemSitePosition:
+    return ItemSitePosition(
+        on_hand=pos.on_hand, allocated=pos.allocated, quarantined=pos.quarantined,
+        reserved=pos.reserved + more, in_transit_by_eta=pos.in_transit_by_eta,
+        safety_stock_override=pos.safety_stock_override,
+    )  # fmt: skip
+
+
+@given(positions_st, policies_st)
+def test_reserving_the_whole_atp_leaves_nothing_to_promise_at_full_share(
+    pos: ItemSitePosition, policy: ChannelPolicy
+) -> None:
+    full = ChannelPolicy(
+        safety_stock=policy.safety_stock, share=100,
+        include_in_transit=policy.include_in_transit,
+        in_transit_horizon_days=policy.in_transit_horizon_days,
+    )  # fmt: skip
+    atp = atp_for_site(pos, full, TODAY)
+    assert atp_for_site(_with_reserved(pos, atp), full, TODAY) == 0
+
+
+@given(positions_st, policies_st)
+def test_reserving_the_atp_again_and_again_never_promises_a_unit_twice(
+    pos: ItemSitePosition, policy: ChannelPolicy
+) -> None:
+    # With a share below 100 the channel may promise its share of what stock is left after
+    # each reservation, so the ATP need not reach 0 at once; but all the reservations
+    # together never take more than the units above the safety line plus the inbound.
+    safety = (
+        pos.safety_stock_override if pos.safety_stock_override is not None else policy.safety_stock
+    )
+    supply = pos.sellable - safety + inbound_within_horizon(pos, policy, TODAY)
+    total = 0
+    for _ in range(10_000):
+        atp = atp_for_site(pos, policy, TODAY)
+        if atp == 0:
+            break
+        pos = _with_reserved(pos, atp)
+        total += atp
+    else:
+        raise AssertionError("the ATP never reached 0")
+    assert total <= max(0, supply)

@@ -61,24 +61,27 @@ local function sells_from(pol, site)
   return false
 end
 
--- atp(sku, site, channel) of the contract.
+-- atp(sku, site, channel) of the contract (domain/atp.py's atp_for_site): the stock part
+-- after share and safety stock, then the inbound less the units the stock part owes.
 local function site_atp(pos, pol, today)
   local sellable = pos.oh - pos.al - pos.qu - pos.rs
   local shared = math.min(sellable, math.floor(sellable * pol.sh / 100))
   local safety = pol.ss
   if pos.ss then safety = pos.ss end
-  local atp = shared - safety
-  if atp < 0 then atp = 0 end
+  local stock = shared - safety
+  local atp, owed = stock, 0
+  if stock < 0 then atp, owed = 0, -stock end
   if pol.it == 1 then
+    local inbound = 0
     if pol.hz == 0 then
-      local total = in_transit_total(pos)
-      if total > 0 then atp = atp + total end
+      inbound = in_transit_total(pos)
     else
       local cutoff = today + pol.hz
       for eta, qty in pairs(pos.t) do
-        if qty > 0 and eta ~= '-' and tonumber(eta) <= cutoff then atp = atp + qty end
+        if qty > 0 and eta ~= '-' and tonumber(eta) <= cutoff then inbound = inbound + qty end
       end
     end
+    if inbound > owed then atp = atp + inbound - owed end
   end
   return atp
 end
