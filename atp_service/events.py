@@ -124,6 +124,15 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+class PublishStalled(Exception):
+    """A publish neither succeeded nor failed in time: the producer is stuck, start another.
+
+    Seen with aiokafka 0.14 after a broker restart: a batch re-enqueued while the broker was
+    away waited for metadata for ever (no error, no timeout, minutes on end), so the outbox
+    waited with it. ``OutboxRelay.run`` raises this instead of retrying on the same producer.
+    """
+
+
 def relay_consumer_name(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}"
 
@@ -142,6 +151,7 @@ class OutboxRelay:
         claim_idle_ms: int = 10_000,
         block_ms: int = 200,
         linger_ms: int = 0,
+        publish_timeout_s: float = 20.0,
     ) -> None:
         self.store = store
         self.publisher = publisher
@@ -154,6 +164,9 @@ class OutboxRelay:
         #: acknowledgements and produce request, the broker's handling of it) is mostly per
         #: round, not per event, so a trickle costs less in fewer, larger rounds.
         self.linger = linger_ms / 1000
+        #: Longer than the producers' request timeout (10 s) and its retries: past it the
+        #: producer is taken for stuck (PublishStalled).
+        self.publish_timeout_s = publish_timeout_s
         self._groups_ready = False
         self._retry_own_pending = True  # on start, first finish what this name left behind
 
@@ -182,9 +195,17 @@ class OutboxRelay:
 
     async def _publish(self, entries: Sequence[OutboxEntry]) -> None:
         try:
-            await self.publisher.publish(
-                self.topic, [record for entry in entries for record in entry.records]
+            await asyncio.wait_for(
+                self.publisher.publish(
+                    self.topic, [record for entry in entries for record in entry.records]
+                ),
+                self.publish_timeout_s,
             )
+        except TimeoutError:
+            self._retry_own_pending = True
+            raise PublishStalled(
+                f"no answer from Kafka for {self.publish_timeout_s:.0f}s on {len(entries)} entries"
+            ) from None
         except Exception:
             # Not acknowledged: the entries stay pending for this consumer and go out again.
             self._retry_own_pending = True
@@ -198,7 +219,8 @@ class OutboxRelay:
         """Relay until ``stop`` is set; survives Redis and Kafka outages with backoff.
 
         With ``duty``: report each successful round (a worker), or, ``stand_by``, relay only
-        while no worker has reported one lately (an API process; store/duty.py).
+        while no worker has reported one lately (an API process; store/duty.py). Raises
+        ``PublishStalled`` for the caller to replace its producer; the entries stay pending.
         """
         backoff = 0.1
         claim_every = max(1.0, self.claim_idle_ms / 2000)
@@ -220,7 +242,7 @@ class OutboxRelay:
                 if 0 < sent < self.batch and self.linger:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=self.linger)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, PublishStalled):
                 raise
             except Exception as exc:
                 metrics.OUTBOX_RELAY_FAILURES.inc()

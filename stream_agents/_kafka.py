@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
@@ -59,6 +60,14 @@ class LazyProducer:
             if self._producer is not None:
                 producer, self._producer = self._producer, None
                 await producer.stop()
+
+    async def drop(self, stop_seconds: float = 5.0) -> None:
+        """Forget a stuck producer (the next send starts a new one); stopping it may hang."""
+        async with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), stop_seconds)
 
 
 class DeadLetterTopic:

@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 
 from atp_service import metrics
 from atp_service.config import DLQ_TOPIC, EVENTS_TOPIC, INBOUND_TOPICS, Settings, get_settings
-from atp_service.events import OutboxRelay, relay_consumer_name
+from atp_service.events import OutboxRelay, PublishStalled, relay_consumer_name
 from atp_service.gc_tuning import tune_for_service
 from atp_service.logs import json_logging_config
 from atp_service.store import KeySpace, RedisStore, connect
@@ -104,13 +104,21 @@ class WorkerRuntime:
         self._relay_done = asyncio.Event()
         try:
             await self.folder.start()
-            await asyncio.gather(
-                self.relay.run(self._stop, duty=self.relay_duty), self.sweeper.run(self._stop)
-            )
+            await asyncio.gather(self._relay_forever(self._stop), self.sweeper.run(self._stop))
         except BatchAbandoned:
             pass  # stopping before Redis came back
         finally:
             self._relay_done.set()
+
+    async def _relay_forever(self, stop: asyncio.Event) -> None:
+        """The relay, on a new producer whenever the one it had got stuck."""
+        while not stop.is_set():
+            try:
+                await self.relay.run(stop, duty=self.relay_duty)
+            except PublishStalled as exc:
+                metrics.OUTBOX_RELAY_FAILURES.inc()
+                log.warning("outbox relay: %s; starting a new Kafka producer", exc)
+                await self.producer.drop()
 
     async def report_backlog(self) -> None:
         try:

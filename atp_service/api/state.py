@@ -16,12 +16,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from atp_service import metrics
 from atp_service.api.auth import KeyRing
 from atp_service.api.limits import rate_limiter
 from atp_service.api.middleware import ACCESS_LOG
 from atp_service.config import EVENTS_TOPIC, Settings
 from atp_service.domain import ChannelPolicy
-from atp_service.events import KafkaPublisher, OutboxRelay, relay_consumer_name
+from atp_service.events import KafkaPublisher, OutboxRelay, PublishStalled, relay_consumer_name
 from atp_service.store import KeySpace, PolicyBook, RedisStore, StoreUnavailable
 from atp_service.store.duty import Duty
 from atp_service.store.position_cache import PositionCache
@@ -36,6 +37,7 @@ POLICY_POLL_SECONDS = 0.5
 ACCESS_LOG_FLUSH_SECONDS = 0.1
 SITES_POLL_SECONDS = 1.0
 _KAFKA_RETRY_MAX_SECONDS = 5.0
+_PRODUCER_STOP_SECONDS = 5.0
 
 #: A background task: runs until ``stop`` is set (or it is cancelled).
 BackgroundTask = Callable[["ApiState", asyncio.Event], Awaitable[None]]
@@ -201,6 +203,9 @@ class ApiState:
                 await relay.run(
                     stop, duty=Duty(self.redis, "relay", holder=consumer), stand_by=True
                 )
+            except PublishStalled as exc:
+                metrics.OUTBOX_RELAY_FAILURES.inc()
+                log.warning("outbox relay: %s; starting a new Kafka producer", exc)
             finally:
                 self.kafka_connected = False
                 await _stop_quietly(producer)
@@ -259,8 +264,8 @@ async def _as_coroutine(awaitable: Awaitable[None]) -> None:
 
 
 async def _stop_quietly(producer: Any) -> None:
-    with contextlib.suppress(Exception):
-        await producer.stop()
+    with contextlib.suppress(Exception):  # TimeoutError too: a stuck producer is dropped
+        await asyncio.wait_for(producer.stop(), _PRODUCER_STOP_SECONDS)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
