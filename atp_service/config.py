@@ -31,7 +31,10 @@ DLQ_TOPIC = "inventory.dlq.v1"
 class ApiKeySpec(BaseModel):
     """One API key: the plain key or its SHA-256 (hex), and the scopes it grants."""
 
-    name: str
+    name: str = Field(min_length=1, max_length=128)
+    """Who the key is (``oms-eu``): it owns the reservations the key makes, names the key's
+    rate limit, idempotency keys and log lines. Keys sharing a name (a rotation: the old key
+    and the new) are one caller."""
     key: str | None = None
     key_sha256: str | None = None
     scopes: list[Scope]
@@ -76,7 +79,8 @@ class Settings(BaseSettings):
     """Largest request body the API accepts (413 beyond); 1 MiB holds a 1000-item batch."""
     api_rate_limit_per_second: float = Field(default=0.0, ge=0)
     """Requests a second per API key (429 with ``Retry-After`` beyond); 0 turns it off.
-    Counted in each API process, so N processes let a key make N times this."""
+    One limit for the whole service: counted in Redis, shared by every API process. While
+    Redis cannot be asked, each process counts alone (docs/security.md)."""
     api_rate_limit_burst: int = Field(default=0, ge=0)
     """Requests a key may make at once before the rate applies; 0: the rate, rounded up."""
 

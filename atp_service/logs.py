@@ -87,16 +87,23 @@ class AccessLog:
     def __init__(self, name: str = "atp.access", max_pending: int = 1000) -> None:
         self.logger = logging.getLogger(name)
         self.max_pending = max_pending
-        self._pending: list[tuple[float, str, str, int, float, str]] = []
+        self._pending: list[tuple[float, str, str, int, float, str, str | None]] = []
         self._timestamp = _Timestamps()
 
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
 
     def record(
-        self, method: str, route: str, status: int, duration_ms: float, correlation: str
+        self,
+        method: str,
+        route: str,
+        status: int,
+        duration_ms: float,
+        correlation: str,
+        caller: str | None = None,
     ) -> None:
-        self._pending.append((time.time(), method, route, status, duration_ms, correlation))
+        """``caller``: the name of the request's API key (None: none was recognised)."""
+        self._pending.append((time.time(), method, route, status, duration_ms, correlation, caller))
         if len(self._pending) >= self.max_pending:
             self.flush()
 
@@ -115,9 +122,10 @@ class AccessLog:
                     "correlation_id": correlation,
                     "status": status,
                     "duration_ms": duration_ms,
+                    "caller": caller,
                 }
             ).decode()
-            for created, method, route, status, duration_ms, correlation in pending
+            for created, method, route, status, duration_ms, correlation, caller in pending
         ]
         record = self.logger.makeRecord(
             name, logging.INFO, "", 0, "%d requests", (len(lines),), None

@@ -38,6 +38,9 @@ OUTBOX_BACKLOG = Gauge(
     "Outbox entries waiting to be relayed (an entry holds one event, or a fold call's events).",
 )
 REDIS_ERRORS = Counter("atp_redis_errors_total", "Redis calls that failed.", ["component"])
+RATE_LIMITED = Counter(
+    "atp_rate_limited_total", "Requests refused 429 by the per-key rate limit.", ["key"]
+)
 KAFKA_ERRORS = Counter("atp_kafka_errors_total", "Kafka calls that failed.", ["component"])
 RESERVATIONS = Counter(
     "atp_reservations_total", "Reservation transitions by resulting status.", ["status"]

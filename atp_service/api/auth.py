@@ -11,15 +11,38 @@ from fastapi import Request
 from fastapi.security import HTTPBearer
 
 from atp_service.api.errors import ProblemError
-from atp_service.config import ApiKeySpec, Scope
+from atp_service.api.middleware import CALLER_SCOPE_KEY
+from atp_service.config import ALL_SCOPES, ApiKeySpec, Scope
+
+#: The scope of operators: it grants every other scope, and acts on any reservation.
+ADMIN: Scope = "admin"
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who called: the configured name of the key and the scopes it grants."""
+    """Who called: the configured name of the key and the scopes it grants.
+
+    ``admin`` grants every scope (``principal_of``): an operator's key reads availability
+    and acts on reservations too.
+    """
 
     name: str
     scopes: frozenset[str]
+
+    @property
+    def reservation_caller(self) -> str | None:
+        """Whose reservations this key may see and act on: its own (its name), or with
+        ``admin`` any (None). The one answer every reservation route passes to the store
+        as ``caller`` (see store/reservations.py); nothing else decides it.
+        """
+        return None if ADMIN in self.scopes else self.name
+
+
+def principal_of(spec: ApiKeySpec) -> Principal:
+    scopes = frozenset(spec.scopes)
+    if ADMIN in scopes:
+        scopes = frozenset(ALL_SCOPES)
+    return Principal(spec.name, scopes)
 
 
 #: Keys verified once and remembered, at most (only keys that matched a configured digest).
@@ -30,10 +53,7 @@ class KeyRing:
     """The configured keys; only their digests are kept."""
 
     def __init__(self, specs: Sequence[ApiKeySpec]) -> None:
-        self._entries = [
-            (bytes.fromhex(spec.digest), Principal(spec.name, frozenset(spec.scopes)))
-            for spec in specs
-        ]
+        self._entries = [(bytes.fromhex(spec.digest), principal_of(spec)) for spec in specs]
         # A key that matched is remembered, so the next request with it skips the SHA-256
         # and the comparisons. Finding it is a dict lookup by the (per-process randomised)
         # string hash: it tells an attacker nothing about keys they do not already hold.
@@ -68,8 +88,6 @@ def _bearer_token(authorization: str | None) -> str | None:
 
 
 _CHALLENGE = 'Bearer realm="atp"'
-#: Set in the ASGI scope once the request has been counted by the rate limiter.
-_RATE_COUNTED = "atp.rate_counted"
 
 
 class ScopedBearer(HTTPBearer):
@@ -83,7 +101,7 @@ class ScopedBearer(HTTPBearer):
             bearerFormat="API key",
             scheme_name="ApiKey",
             description="`Authorization: Bearer <api key>`; scopes: "
-            "availability:read, reservations:write, admin.",
+            "availability:read, reservations:write, admin (grants every scope).",
             auto_error=False,
         )
         self.scope = scope
@@ -113,10 +131,11 @@ class ScopedBearer(HTTPBearer):
                 "the API key is not known",
                 headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
             )
-        limiter = scope["app"].state.atp.rate_limiter
-        if limiter is not None and _RATE_COUNTED not in scope:
-            scope[_RATE_COUNTED] = True  # one token a request, however many scopes
-            limiter.check(principal.name)
+        if CALLER_SCOPE_KEY not in scope:  # the first check of this request
+            scope[CALLER_SCOPE_KEY] = principal.name
+            limiter = scope["app"].state.atp.rate_limiter
+            if limiter is not None:  # one token a request, however many scopes it asks
+                await limiter.check(principal.name)
         if self.scope not in principal.scopes:
             raise ProblemError(
                 403,

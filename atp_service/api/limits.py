@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from atp_service import metrics
 from atp_service.api.errors import ProblemError, problem_response
+
+log = logging.getLogger(__name__)
 
 
 def _too_large_detail(max_bytes: int) -> str:
@@ -99,11 +104,11 @@ class _Bucket:
     updated: float
 
 
-class RateLimiter:
-    """A token bucket per API key name: ``rate`` requests a second, bursts of ``burst``.
+class LocalBuckets:
+    """A token bucket per API key name in this process: ``rate`` a second, bursts of ``burst``.
 
-    In-process: with N API processes (``--workers N`` or replicas) a key may make N times
-    ``rate``. The buckets are as many as the configured keys, so memory is bounded.
+    What the limiter falls back on while Redis cannot be asked; with N API processes a key
+    may then make N times ``rate``. As many buckets as configured keys: memory is bounded.
     """
 
     def __init__(
@@ -131,10 +136,90 @@ class RateLimiter:
             return 0.0
         return (1.0 - bucket.tokens) / self.rate
 
-    def check(self, key_name: str) -> None:
+
+class Buckets(Protocol):
+    """The service-wide buckets (``store.rate_limit.SharedBuckets``)."""
+
+    async def take(self, key_name: str) -> float: ...
+
+
+#: Errors that mean the shared buckets cannot be asked now; set by the app (the store's).
+OutageErrors = tuple[type[BaseException], ...]
+
+#: While the shared buckets cannot be asked, this process limits alone this long before
+#: asking them again (one request asks; the others meanwhile use the local buckets).
+SHARED_RETRY_SECONDS = 1.0
+
+
+class RateLimiter:
+    """One limit per API key name for the whole service, however many API processes.
+
+    Each request takes a token from the key's bucket in Redis (``shared``). When Redis cannot
+    be asked (an outage, a timeout) the request is not failed for it: the limiter falls back
+    to this process's own buckets (``LocalBuckets``) for ``SHARED_RETRY_SECONDS``, then asks
+    Redis again with one request. So a Redis outage never makes a 429 or a 5xx of its own:
+    the route answers as it would without limits (a 503 where it needs Redis, its answer
+    where it does not), each process holding each key to the rate alone meanwhile.
+    """
+
+    def __init__(
+        self,
+        shared: Buckets | None,
+        rate: float,
+        burst: int,
+        *,
+        outage_errors: OutageErrors = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.shared = shared
+        self.local = LocalBuckets(rate, burst, clock)
+        self._outage_errors = outage_errors
+        self._clock = clock
+        #: Until when the shared buckets are not asked (0: they are).
+        self._local_until = 0.0
+        self._asking_again = False
+
+    @property
+    def shared_in_use(self) -> bool:
+        return self.shared is not None and self._local_until == 0.0
+
+    async def acquire(self, key_name: str) -> float:
+        """Take a token for ``key_name``: 0.0 if granted, else the seconds until one is."""
+        shared = self.shared
+        if shared is None:
+            return self.local.acquire(key_name)
+        asking_again = False
+        if self._local_until:
+            if self._asking_again or self._clock() < self._local_until:
+                return self.local.acquire(key_name)
+            asking_again = self._asking_again = True
+        try:
+            wait = await shared.take(key_name)
+        except self._outage_errors as exc:
+            metrics.REDIS_ERRORS.labels("rate_limiter").inc()
+            if not self._local_until:
+                log.warning(
+                    "rate limits: Redis cannot be asked (%r); each process limits alone "
+                    "until it can",
+                    exc,
+                )
+            self._local_until = self._clock() + SHARED_RETRY_SECONDS
+            return self.local.acquire(key_name)
+        finally:
+            if asking_again:
+                self._asking_again = False
+        if self._local_until:
+            log.info("rate limits: Redis answers again; one limit for every process again")
+            self._local_until = 0.0
+        return wait
+
+    async def check(self, key_name: str) -> None:
         """Raise a 429 ``rate_limited`` problem, with ``Retry-After``, if the key is over."""
-        wait = self.acquire(key_name)
+        wait = await self.acquire(key_name)
         if wait > 0.0:
+            metrics.RATE_LIMITED.labels(key_name).inc()
             retry_after = max(1, math.ceil(wait))
             raise ProblemError(
                 429,
@@ -146,8 +231,9 @@ class RateLimiter:
             )
 
 
-def rate_limiter(rate_per_second: float, burst: int) -> RateLimiter | None:
-    """The limiter the settings ask for; None when ``rate_per_second`` is 0 (off)."""
+def limits_of(rate_per_second: float, burst: int) -> tuple[float, int] | None:
+    """(rate, burst) the settings ask for; None when ``rate_per_second`` is 0 (off).
+    A ``burst`` of 0 follows the rate (rounded up, at least 1)."""
     if rate_per_second <= 0:
         return None
-    return RateLimiter(rate_per_second, burst or max(1, math.ceil(rate_per_second)))
+    return rate_per_second, burst or max(1, math.ceil(rate_per_second))

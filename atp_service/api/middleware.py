@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 CORRELATION_HEADER = b"x-correlation-id"
 #: Where the request's correlation id lives in the ASGI scope (read it with ``deps``).
 CORRELATION_SCOPE_KEY = "atp.correlation_id"
+#: Where the name of the request's API key lives in the ASGI scope once auth has found it
+#: (the access log's ``caller``); set once a request, so the rate limiter counts it once.
+CALLER_SCOPE_KEY = "atp.caller"
 # Carried into outbound events, so only a bounded, printable value is taken as is.
 _VALID_CORRELATION = re.compile(rb"[\x21-\x7e]{1,128}")
 _UNMATCHED = "unmatched"
@@ -47,7 +50,8 @@ def new_correlation_id() -> str:
 
 
 class RequestContextMiddleware:
-    """Carries ``X-Correlation-ID`` in and out, and times each request by route template.
+    """Carries ``X-Correlation-ID`` in and out, and times and logs each request by route
+    template (with the name of its API key, once known).
 
     Also the last resort for an unexpected exception: a problem response with no stack
     trace (the trace goes to the log), sent through this layer so it carries the header.
@@ -104,5 +108,8 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             self._histogram(method, template, status).observe(elapsed)
             if ACCESS_LOG.enabled():
-                ACCESS_LOG.record(method, template, status, round(elapsed * 1000, 3), cid)
+                ACCESS_LOG.record(
+                    method, template, status, round(elapsed * 1000, 3), cid,
+                    scope.get(CALLER_SCOPE_KEY),
+                )  # fmt: skip
             logs.correlation_id.reset(token)

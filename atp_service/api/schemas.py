@@ -149,6 +149,8 @@ class ChannelPolicyOut(ChannelPolicyBody):
                     "share": 80,
                     "include_in_transit": True,
                     "in_transit_horizon_days": 7,
+                    "changed_by": "ops",
+                    "changed_at": "2026-11-23T10:00:00.000Z",
                     "version": 12,
                 }
             ]
@@ -156,7 +158,21 @@ class ChannelPolicyOut(ChannelPolicyBody):
     )
 
     channel: str
+    changed_by: str | None = Field(
+        description="The name of the API key that put this policy in force."
+    )
+    changed_at: str | None = Field(description="When it did.")
     version: int = Field(description="Version of the whole policy set after this change.")
+
+
+class ChannelPolicyInForce(ChannelPolicyBody):
+    model_config = ConfigDict(extra="ignore")
+
+    changed_by: str | None = Field(
+        description="The name of the API key that put this policy in force; null for a "
+        "policy seeded from ATP_CHANNELS_FILE."
+    )
+    changed_at: str | None = Field(description="When it did (null: seeded).")
 
 
 class ChannelPolicies(BaseModel):
@@ -164,7 +180,7 @@ class ChannelPolicies(BaseModel):
     default: ChannelPolicyBody = Field(
         description="The policy of every channel not listed in `channels`."
     )
-    channels: dict[str, ChannelPolicyBody]
+    channels: dict[str, ChannelPolicyInForce]
 
 
 class SafetyStockBody(BaseModel):
@@ -182,6 +198,9 @@ class SafetyStockOut(BaseModel):
     site: str
     safety_stock: int | None
     version: int = Field(description="The item-site's version after the change.")
+    changed_by: str = Field(
+        description="The name of the API key that made the change (also in the events)."
+    )
 
 
 # -- problems ----------------------------------------------------------------------------------

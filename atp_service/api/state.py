@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from atp_service import metrics
 from atp_service.api.auth import KeyRing
-from atp_service.api.limits import rate_limiter
+from atp_service.api.limits import RateLimiter, limits_of
 from atp_service.api.middleware import ACCESS_LOG
 from atp_service.config import EVENTS_TOPIC, Settings
 from atp_service.domain import ChannelPolicy
@@ -26,6 +26,7 @@ from atp_service.events import KafkaPublisher, OutboxRelay, PublishStalled, rela
 from atp_service.store import KeySpace, PolicyBook, RedisStore, StoreUnavailable
 from atp_service.store.duty import Duty
 from atp_service.store.position_cache import PositionCache
+from atp_service.store.rate_limit import SharedBuckets
 from atp_service.store.redis_store import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,9 @@ class ApiState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keyring = KeyRing(settings.api_keys)
-        #: Per-key request budget; None when rate limiting is off (the default).
-        self.rate_limiter = rate_limiter(
-            settings.api_rate_limit_per_second, settings.api_rate_limit_burst
-        )
+        #: Per-key request budget, one for the whole service (made by ``open``, since it
+        #: lives in Redis); None when rate limiting is off (the default).
+        self.rate_limiter: RateLimiter | None = None
         self.keys = KeySpace(settings.key_groups)
         self.seed_policies: dict[str, ChannelPolicy] = settings.load_channel_policies()
         self._redis: aioredis.Redis | None = None
@@ -89,6 +89,17 @@ class ApiState:
         )
         # This process's own writes reach its copy at once (a read after a write sees it).
         self._store.own_changes.append(self._positions.apply_lines)
+        limits = limits_of(
+            self.settings.api_rate_limit_per_second, self.settings.api_rate_limit_burst
+        )
+        if limits is not None:
+            rate, burst = limits
+            self.rate_limiter = RateLimiter(
+                SharedBuckets(self._store, rate=rate, burst=burst),
+                rate,
+                burst,
+                outage_errors=STORE_ERRORS,
+            )
 
     @property
     def redis(self) -> aioredis.Redis:

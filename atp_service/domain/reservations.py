@@ -143,12 +143,26 @@ class Reservation:
     updated_ms: int
     expires_ms: int | None  # None once confirmed or ended
     correlation_id: str | None = None
+    #: The name of the API key that made it (None: made before owners were recorded).
+    owner: str | None = None
 
     def holding(self, sku: str, site: str) -> int:
         """Units this reservation counts in the item-site's ``reserved`` right now."""
         if not self.status.active:
             return 0
         return sum(ln.unallocated for ln in self.lines if ln.sku == sku and ln.site == site)
+
+
+def may_act_on(caller: str | None, owner: str | None) -> bool:
+    """Whether ``caller`` may see and act on a reservation made by ``owner``.
+
+    ``caller`` is the name of the API key asking, or None for one that acts on any
+    reservation (a key with ``admin``; the expiry sweeper; operators' tools). A reservation
+    belongs to the key that made it: any other key is told it does not exist. One made
+    before owners were recorded (``owner`` None) is any writer's, as every one was then.
+    ``owned_by`` in ``store/lua/_lib.lua`` is the same rule, for the scripts.
+    """
+    return caller is None or owner is None or caller == owner
 
 
 @dataclass(frozen=True, slots=True)

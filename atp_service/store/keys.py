@@ -12,6 +12,7 @@ Reservations span item-sites by nature; their keys carry their own tag (see
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 
@@ -59,6 +60,14 @@ def outbox(group: int) -> str:
 def duty_key(name: str) -> str:
     """Set by a worker after a successful round of a background duty (store/duty.py)."""
     return f"{PREFIX}:duty:{name}"
+
+
+def rate_bucket(key_name: str) -> str:
+    """The token bucket of one API key (by its configured name), shared by every API
+    process (store/rate_limit.py). Its own hash tag: one slot per key on Redis Cluster.
+    The name is hashed, so any text makes a safe key (no brace cuts the tag short)."""
+    digest = hashlib.sha256(key_name.encode()).hexdigest()[:32]
+    return f"{PREFIX}:{{rl:{digest}}}"
 
 
 def dedup_chunk(group: int, generation: int, chunk: int) -> str:

@@ -95,9 +95,16 @@ class PolicyBook:
     version: int = 0
     lua_json: str = field(default="", compare=False)
     _channel_json: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: Who put each channel's policy in force (channels an admin changed; not seeded ones).
+    changes: dict[str, PolicyChange] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def of(cls, policies: dict[str, ChannelPolicy], version: int = 0) -> PolicyBook:
+    def of(
+        cls,
+        policies: dict[str, ChannelPolicy],
+        version: int = 0,
+        changes: dict[str, PolicyChange] | None = None,
+    ) -> PolicyBook:
         encoded = json.dumps(
             [
                 {
@@ -112,7 +119,9 @@ class PolicyBook:
             ],
             separators=(",", ":"),
         )
-        return cls(policies=dict(policies), version=version, lua_json=encoded)
+        return cls(
+            policies=dict(policies), version=version, lua_json=encoded, changes=changes or {}
+        )
 
     def policy(self, channel: str) -> ChannelPolicy:
         """A channel without a policy sells from every site with no restriction."""
@@ -215,16 +224,35 @@ def outbox_records(fields: dict[str, str]) -> list[tuple[str, str]]:
     return [tuple(line.split("\x1f", 1)) for line in batch.split("\n")]  # type: ignore[misc]
 
 
-def policy_to_json(policy: ChannelPolicy) -> str:
-    return json.dumps(
-        {
-            "sites": list(policy.sites) if policy.sites is not None else None,
-            "safety_stock": policy.safety_stock,
-            "share": policy.share,
-            "include_in_transit": policy.include_in_transit,
-            "in_transit_horizon_days": policy.in_transit_horizon_days,
-        }
-    )
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """Who put a channel's policy in force, and when (an admin's PUT; a policy seeded from
+    ``ATP_CHANNELS_FILE`` has none)."""
+
+    changed_by: str
+    changed_at_ms: int
+
+
+def policy_to_json(policy: ChannelPolicy, change: PolicyChange | None = None) -> str:
+    """A policy record: the policy, and who put it in force (``changed_by``, ``changed_at``
+    in epoch ms) when an admin did."""
+    record: dict[str, Any] = {
+        "sites": list(policy.sites) if policy.sites is not None else None,
+        "safety_stock": policy.safety_stock,
+        "share": policy.share,
+        "include_in_transit": policy.include_in_transit,
+        "in_transit_horizon_days": policy.in_transit_horizon_days,
+    }
+    if change is not None:
+        record["changed_by"] = change.changed_by
+        record["changed_at"] = change.changed_at_ms
+    return json.dumps(record)
+
+
+def policy_change_from_json(text: str) -> PolicyChange | None:
+    body = json.loads(text)
+    by = body.get("changed_by")
+    return PolicyChange(str(by), int(body.get("changed_at", 0))) if by is not None else None
 
 
 def policy_from_json(text: str) -> ChannelPolicy:
@@ -468,15 +496,24 @@ class RedisStore:
         pipe.hgetall(k.POLICIES)
         version, raw = await pipe.execute()
         policies = {name: policy_from_json(text) for name, text in raw.items()}
-        return PolicyBook.of(policies, int(version or 0))
+        changes = {
+            name: change
+            for name, text in raw.items()
+            if (change := policy_change_from_json(text)) is not None
+        }
+        return PolicyBook.of(policies, int(version or 0), changes)
 
     async def policies_version(self) -> int:
         return int(await self.redis.get(k.POLICIES_VERSION) or 0)
 
-    async def put_channel_policy(self, channel: str, policy: ChannelPolicy) -> int:
-        """Store a channel's policy; returns the new policies version."""
+    async def put_channel_policy(
+        self, channel: str, policy: ChannelPolicy, *, changed_by: str
+    ) -> int:
+        """Store a channel's policy, put in force by ``changed_by`` (the name of the admin's
+        API key, kept in the record); returns the new policies version."""
+        change = PolicyChange(changed_by, int(time.time() * 1000))
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(k.POLICIES, channel, policy_to_json(policy))
+        pipe.hset(k.POLICIES, channel, policy_to_json(policy, change))
         pipe.incr(k.POLICIES_VERSION)
         _, version = await pipe.execute()
         return int(version)
@@ -499,8 +536,12 @@ class RedisStore:
         *,
         correlation_id: str,
         change_id: str,
+        changed_by: str,
     ) -> int:
-        """Set (or with None clear) the item-site's safety-stock override; returns version."""
+        """Set (or with None clear) the item-site's safety-stock override; returns version.
+
+        ``changed_by`` (the name of the admin's API key) is carried by every
+        ``availability.changed`` the change causes."""
         ks = self.keys.item_site(item.sku, item.site)
         version, announced = await self._set_safety_stock(
             keys=[ks.position, ks.outbox],
@@ -511,6 +552,7 @@ class RedisStore:
                 book.lua_json,
                 change_id,
                 correlation_id,
+                changed_by,
             ],
         )
         self.changed_here(announced)

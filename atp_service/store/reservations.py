@@ -7,8 +7,17 @@ the reservation record, its expiry entry and writes the events to the outbox tog
 A reservation record is a hash (see ``reservation_keys.py`` for where it lives):
 ``st`` status, ``ch`` channel, ``rf`` order ref ('' = none), ``md`` mode, ``cr``/``up``
 created/updated (epoch ms, Redis TIME), ``ex`` expires (epoch ms; '' once confirmed or
-ended), ``co`` the correlation id of the request that made it, ``ln`` its lines as JSON
-``[{"s": sku, "t": site, "q": asked, "r": reserved, "a": allocated}]``.
+ended), ``co`` the correlation id of the request that made it, ``ow`` its owner (the name
+of the API key that made it; absent on records made before owners were recorded), ``ln``
+its lines as JSON ``[{"s": sku, "t": site, "q": asked, "r": reserved, "a": allocated}]``.
+
+Ownership: every read and change of one reservation takes ``caller``, the name of the API
+key asking (None: any reservation, for a key with ``admin``, the sweeper and tools), and a
+reservation of another key is ``ReservationNotFound``, exactly as an unknown id. The rule is
+``domain.reservations.may_act_on``; it is applied inside Redis, in the read itself
+(``lua/read_reservation.lua``, through ``read_visible``) and again inside each script that
+changes a reservation (``owned_by`` in ``lua/_lib.lua``). A new reservation route reads
+through ``read_visible`` and passes ``caller`` to its script.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from redis.commands.core import AsyncScript
@@ -37,6 +46,7 @@ from atp_service.domain.reservations import (
     ReservationStatus,
     ShortLine,
     Transition,
+    may_act_on,
 )
 from atp_service.store import keys as k
 from atp_service.store.duty import Duty
@@ -78,6 +88,7 @@ def reservation_from_fields(reservation_id: str, fields: Mapping[str, Any]) -> R
     expires = fields.get("ex", "")
     order_ref = fields.get("rf", "")
     corr = fields.get("co", "")
+    owner = fields.get("ow")
     return Reservation(
         reservation_id=reservation_id,
         status=ReservationStatus(fields["st"]),
@@ -98,6 +109,7 @@ def reservation_from_fields(reservation_id: str, fields: Mapping[str, Any]) -> R
         updated_ms=_int(fields["up"]),
         expires_ms=_int(expires) if expires not in ("", None) else None,
         correlation_id=str(corr) if corr else None,
+        owner=str(owner) if owner not in ("", None) else None,
     )
 
 
@@ -123,6 +135,7 @@ class ReservationStore:
         self._ended_retention_ms = str((ended_retention_seconds or idempotency_ttl_seconds) * 1000)
         self._reserve: AsyncScript = store.register_script("reserve.lua")
         self._transition: AsyncScript = store.register_script("transition.lua")
+        self._read: AsyncScript = store.register_script("read_reservation.lua")
 
     # -- placing -------------------------------------------------------------------------
 
@@ -136,7 +149,8 @@ class ReservationStore:
         correlation_id: str,
         book: PolicyBook,
     ) -> Placed:
-        """Place ``request`` (atomically, idempotently per principal and key).
+        """Place ``request`` (atomically, idempotently per principal and key), owned by
+        ``principal`` (the name of the API key asking).
 
         Raises InsufficientStock (all_or_nothing could not be met, also on a replay of such
         a request) or IdempotencyConflict (the key was used with another body).
@@ -157,6 +171,7 @@ class ReservationStore:
             "ttl": request.ttl_seconds * 1000,
             "corr": correlation_id,
             "h": request.fingerprint(),
+            "ow": principal,
             "lines": [{"s": ln.sku, "t": ln.site, "q": ln.qty} for ln in request.lines],
         }
         outcome, _status, payload, *announced = await self.store.run_script(
@@ -189,37 +204,57 @@ class ReservationStore:
 
     # -- reading -------------------------------------------------------------------------
 
-    async def get(self, reservation_id: str) -> Reservation:
-        fields = await self.redis.hgetall(reservation_keys(self.keys, reservation_id).record)
-        if not fields:
+    async def read_visible(self, reservation_id: str, *, caller: str | None) -> dict[str, str]:
+        """The record's fields, if ``caller`` may see it (``may_act_on``), in one read.
+
+        Raises ReservationNotFound for an unknown id and for another key's reservation
+        alike: Redis answers both with the same empty reply (lua/read_reservation.lua).
+        """
+        flat = await self.store.run_script(
+            self._read, [reservation_keys(self.keys, reservation_id).record], [caller or ""]
+        )
+        if not flat:
             raise ReservationNotFound(reservation_id)
-        return reservation_from_fields(reservation_id, cast(dict[str, str], fields))
+        fields = _pairs(flat)
+        if not may_act_on(caller, fields.get("ow")):  # the script's rule, kept honest
+            raise ReservationNotFound(reservation_id)
+        return fields
+
+    async def get(self, reservation_id: str, *, caller: str | None) -> Reservation:
+        """The reservation as ``caller`` (an API key's name; None: any) may see it."""
+        return reservation_from_fields(
+            reservation_id, await self.read_visible(reservation_id, caller=caller)
+        )
 
     # -- transitions ---------------------------------------------------------------------
 
     async def confirm(
-        self, reservation_id: str, *, correlation_id: str, book: PolicyBook
+        self, reservation_id: str, *, caller: str | None, correlation_id: str, book: PolicyBook
     ) -> Reservation:
-        return await self._change(reservation_id, Transition.CONFIRM, correlation_id, book)
+        return await self._change(reservation_id, Transition.CONFIRM, caller, correlation_id, book)
 
     async def release(
-        self, reservation_id: str, *, correlation_id: str, book: PolicyBook
+        self, reservation_id: str, *, caller: str | None, correlation_id: str, book: PolicyBook
     ) -> Reservation:
-        return await self._change(reservation_id, Transition.RELEASE, correlation_id, book)
+        return await self._change(reservation_id, Transition.RELEASE, caller, correlation_id, book)
 
     async def _change(
-        self, reservation_id: str, transition: Transition, correlation_id: str, book: PolicyBook
+        self,
+        reservation_id: str,
+        transition: Transition,
+        caller: str | None,
+        correlation_id: str,
+        book: PolicyBook,
     ) -> Reservation:
-        res = reservation_keys(self.keys, reservation_id)
-        lines = await self.redis.hget(res.record, "ln")
-        if lines is None:
+        fields = await self.read_visible(reservation_id, caller=caller)
+        if "ln" not in fields:  # a record being written by hand, or one half deleted
             raise ReservationNotFound(reservation_id)
-        script_keys, n_lines = self._transition_keys(reservation_id, str(lines))
+        script_keys, n_lines = self._transition_keys(reservation_id, fields["ln"])
         announced, outcome, flat, expired_now = await self.store.run_script(
             self._transition,
             script_keys,
             [transition.value, book.lua_json, correlation_id, self._ended_retention_ms, "1",
-             reservation_id, n_lines],
+             caller or "", reservation_id, n_lines],
         )  # fmt: skip
         self.store.changed_here(announced)
         if outcome == "missing":
@@ -282,6 +317,7 @@ class ReservationStore:
                 "",
                 self._ended_retention_ms,
                 "0",
+                "",  # the sweeper acts on any reservation
             ]
             chunk = []
             for rid, ln in zip(

@@ -216,9 +216,15 @@ async def test_safety_stock_override_moves_atp_and_publishes_it(store: RedisStor
     sku = random_sku()
     item = ItemSite(sku, "DC-EAST")
     await store.fold(delta(sku, Bucket.ON_HAND, 10), BOOK)
-    v1 = await store.set_safety_stock(item, 0, BOOK, correlation_id="c-1", change_id="ss-1")
-    v_same = await store.set_safety_stock(item, 0, BOOK, correlation_id="c-2", change_id="ss-2")
-    v2 = await store.set_safety_stock(item, None, BOOK, correlation_id="c-3", change_id="ss-3")
+    v1 = await store.set_safety_stock(
+        item, 0, BOOK, correlation_id="c-1", change_id="ss-1", changed_by="t"
+    )
+    v_same = await store.set_safety_stock(
+        item, 0, BOOK, correlation_id="c-2", change_id="ss-2", changed_by="t"
+    )
+    v2 = await store.set_safety_stock(
+        item, None, BOOK, correlation_id="c-3", change_id="ss-3", changed_by="t"
+    )
     assert (v1, v_same, v2) == (2, 2, 3)
     changes = await web_changes(store, sku)
     assert [(c["previous_atp"], c["atp"], c["correlation_id"]) for c in changes] == [

@@ -88,7 +88,9 @@ async def test_every_kind_of_change_reaches_the_copy(
     )  # fmt: skip
     await store.fold(snapshot, OPEN)
     await agrees_with_redis(cache, store, item)
-    await store.set_safety_stock(item, 5, OPEN, correlation_id="c", change_id=uuid.uuid4().hex)
+    await store.set_safety_stock(
+        item, 5, OPEN, correlation_id="c", change_id=uuid.uuid4().hex, changed_by="t"
+    )
     await agrees_with_redis(cache, store, item)
 
     def request(qty: int) -> ReservationRequest:
@@ -104,10 +106,10 @@ async def test_every_kind_of_change_reaches_the_copy(
 
     held = await reserve(3)
     await agrees_with_redis(cache, store, item)
-    await reservations.release(held, correlation_id="c", book=OPEN)
+    await reservations.release(held, caller=None, correlation_id="c", book=OPEN)
     await agrees_with_redis(cache, store, item)
     consumed = await reserve(2)
-    await reservations.confirm(consumed, correlation_id="c", book=OPEN)
+    await reservations.confirm(consumed, caller=None, correlation_id="c", book=OPEN)
     await store.fold(delta(sku, site, Bucket.ALLOCATED, 2, reservation_id=consumed), OPEN)
     await agrees_with_redis(cache, store, item)
     [pos] = await cache.read([item])
@@ -173,9 +175,11 @@ async def test_a_write_of_this_process_is_in_its_copy_before_the_write_returns(
             idempotency_key_value=uuid.uuid4().hex, correlation_id="c", book=OPEN,
         )  # fmt: skip
         [held] = await deaf.read([item])
-        await reservations.release(rid, correlation_id="c", book=OPEN)
+        await reservations.release(rid, caller=None, correlation_id="c", book=OPEN)
         [released] = await deaf.read([item])
-        await store.set_safety_stock(item, 4, OPEN, correlation_id="c", change_id="ss-own")
+        await store.set_safety_stock(
+            item, 4, OPEN, correlation_id="c", change_id="ss-own", changed_by="t"
+        )
         [overridden] = await deaf.read([item])
     finally:
         store.own_changes.remove(deaf.apply_lines)

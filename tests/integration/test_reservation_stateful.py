@@ -163,7 +163,7 @@ def make_machine(redis_url: str) -> type[RuleBasedStateMachine]:
             allowed = TRANSITIONS[transition]
             call = self.res.confirm if transition is Transition.CONFIRM else self.res.release
             try:
-                got = self.run(call(rid, correlation_id="model", book=BOOK))
+                got = self.run(call(rid, caller="model", correlation_id="model", book=BOOK))
             except InvalidTransition as refused:
                 assert model.status not in allowed
                 assert refused.reservation.status is model.status
@@ -227,7 +227,7 @@ def make_machine(redis_url: str) -> type[RuleBasedStateMachine]:
             positions = self.run(
                 self.store.read_positions([ItemSite(s, self.site) for s in self.skus])
             )
-            records = [self.run(self.res.get(rid)) for rid in self.model]
+            records = [self.run(self.res.get(rid, caller=None)) for rid in self.model]
             for i, (sku, pos) in enumerate(zip(self.skus, positions, strict=True)):
                 assert pos.reserved >= 0
                 assert pos.reserved == self.model_reserved(i)

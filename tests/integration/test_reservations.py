@@ -206,7 +206,12 @@ async def test_the_check_uses_the_channels_atp_with_its_policy(
     assert elsewhere.value.lines[0].atp == 0
     # a per-item-site safety stock beats the channel's: 7 sellable left, 6 held back
     await store.set_safety_stock(
-        ItemSite(sku, site), 6, book, correlation_id="c", change_id=random_event_id()
+        ItemSite(sku, site),
+        6,
+        book,
+        correlation_id="c",
+        change_id=random_event_id(),
+        changed_by="t",
     )
     with pytest.raises(InsufficientStock):
         await place(reservations, request((sku, site, 1)), book=book)
@@ -318,14 +323,14 @@ async def test_confirm_stops_the_clock_and_is_idempotent(
     await receive(store, sku, site, 10)
     rid = (await place(reservations, request((sku, site, 2)))).reservation.reservation_id
 
-    first = await reservations.confirm(rid, correlation_id="c-confirm", book=OPEN)
-    second = await reservations.confirm(rid, correlation_id="c-confirm-2", book=OPEN)
+    first = await reservations.confirm(rid, caller=None, correlation_id="c-confirm", book=OPEN)
+    second = await reservations.confirm(rid, caller=None, correlation_id="c-confirm-2", book=OPEN)
 
     assert first.status is second.status is ReservationStatus.CONFIRMED
     assert first.expires_ms is None
     await force_due(store, rid)
     await reservations.expire_due()
-    assert (await reservations.get(rid)).status is ReservationStatus.CONFIRMED
+    assert (await reservations.get(rid, caller=None)).status is ReservationStatus.CONFIRMED
     assert await reserved(store, sku, site) == 2
     types = [(e["type"], e["correlation_id"]) for e in await reservation_events(store, rid)]
     assert types == [("reservation.held", "corr-1"), ("reservation.confirmed", "c-confirm")]
@@ -340,10 +345,10 @@ async def test_release_gives_the_units_back_once(
     rid = (
         await place(reservations, request((a, site, 2), (b, site, 5)))
     ).reservation.reservation_id
-    await reservations.confirm(rid, correlation_id="c", book=OPEN)
+    await reservations.confirm(rid, caller=None, correlation_id="c", book=OPEN)
 
-    await reservations.release(rid, correlation_id="c-rel", book=OPEN)
-    again = await reservations.release(rid, correlation_id="c-rel-2", book=OPEN)
+    await reservations.release(rid, caller=None, correlation_id="c-rel", book=OPEN)
+    again = await reservations.release(rid, caller=None, correlation_id="c-rel-2", book=OPEN)
 
     assert again.status is ReservationStatus.RELEASED
     assert (await reserved(store, a, site), await reserved(store, b, site)) == (0, 0)
@@ -374,7 +379,7 @@ async def test_transitions_that_make_no_sense_are_refused(
     await receive(store, sku, site, 10)
     rid = (await place(reservations, request((sku, site, 2)))).reservation.reservation_id
     if end == "release":
-        await reservations.release(rid, correlation_id="c", book=OPEN)
+        await reservations.release(rid, caller=None, correlation_id="c", book=OPEN)
     elif end == "expire":
         await force_due(store, rid)
         await reservations.expire_due()
@@ -382,7 +387,7 @@ async def test_transitions_that_make_no_sense_are_refused(
         await allocate(store, sku, site, 2, rid)
 
     with pytest.raises(InvalidTransition) as refused:
-        await getattr(reservations, then)(rid, correlation_id="c", book=OPEN)
+        await getattr(reservations, then)(rid, caller=None, correlation_id="c", book=OPEN)
 
     assert refused.value.reservation.status is status
     assert await reserved(store, sku, site) == 0
@@ -392,9 +397,107 @@ async def test_unknown_reservations_are_not_found(reservations: ReservationStore
     rid = f"res_{uuid.uuid4().hex}"
     for call in (reservations.confirm, reservations.release):
         with pytest.raises(ReservationNotFound):
-            await call(rid, correlation_id="c", book=OPEN)
+            await call(rid, caller=None, correlation_id="c", book=OPEN)
     with pytest.raises(ReservationNotFound):
-        await reservations.get(rid)
+        await reservations.get(rid, caller=None)
+
+
+# -- ownership -------------------------------------------------------------------------------
+
+
+async def test_another_keys_reservation_is_not_found_by_any_call_and_stays_as_it_was(
+    store: RedisStore, reservations: ReservationStore
+) -> None:
+    site, sku = random_site(), random_sku()
+    await receive(store, sku, site, 10)
+    rid = (await place(reservations, request((sku, site, 4)), principal="oms-eu")).reservation
+    rid_text = rid.reservation_id
+    unknown = f"res_{uuid.uuid4().hex}"
+
+    refusals = []
+    for reservation_id in (rid_text, unknown):
+        for call in (reservations.confirm, reservations.release):
+            with pytest.raises(ReservationNotFound) as refused:
+                await call(reservation_id, caller="oms-us", correlation_id="c", book=OPEN)
+            refusals.append(str(refused.value).replace(reservation_id, "<id>"))
+        with pytest.raises(ReservationNotFound) as refused:
+            await reservations.get(reservation_id, caller="oms-us")
+        refusals.append(str(refused.value).replace(reservation_id, "<id>"))
+
+    assert refusals[:3] == refusals[3:]  # told exactly as an unknown id is
+    mine = await reservations.get(rid_text, caller="oms-eu")
+    assert (mine.status, mine.owner) == (ReservationStatus.HELD, "oms-eu")
+    assert await reserved(store, sku, site) == 4
+    assert [e["type"] for e in await reservation_events(store, rid_text)] == ["reservation.held"]
+    released = await reservations.release(rid_text, caller="oms-eu", correlation_id="c", book=OPEN)
+    assert released.status is ReservationStatus.RELEASED
+
+
+async def test_the_transition_script_itself_refuses_another_keys_reservation_untouched(
+    store: RedisStore, reservations: ReservationStore
+) -> None:
+    # The store reads through read_reservation.lua first; the script checks again, so a
+    # route that reached it without that read still could not act for another key.
+    site, sku = random_site(), random_sku()
+    await receive(store, sku, site, 10)
+    rid = (await place(reservations, request((sku, site, 2), ttl=1))).reservation.reservation_id
+    await force_due(store, rid)
+    transition = store.register_script("transition.lua")
+    res = reservation_keys(store.keys, rid)
+    ks = store.keys.item_site(sku, site)
+
+    reply = await transition(
+        keys=[*res.as_list(), ks.position, ks.outbox],
+        args=["release", OPEN.lua_json, "c", "1000", "1", "someone-else", rid, 1],
+    )
+
+    assert reply[1:] == ["missing", [], 0]
+    assert (await reservations.get(rid, caller=None)).status is ReservationStatus.HELD
+    assert await store.redis.zscore(res.expiry, rid) is not None  # still due for the sweeper
+    assert await reserved(store, sku, site) == 2
+
+
+async def test_a_record_made_before_owners_were_recorded_is_any_writers(
+    store: RedisStore, reservations: ReservationStore
+) -> None:
+    site, sku = random_site(), random_sku()
+    await receive(store, sku, site, 10)
+    rid = (await place(reservations, request((sku, site, 1)))).reservation.reservation_id
+    await store.redis.hdel(reservation_keys(store.keys, rid).record, "ow")
+
+    seen = await reservations.get(rid, caller="anyone")
+    confirmed = await reservations.confirm(rid, caller="anyone", correlation_id="c", book=OPEN)
+
+    assert seen.owner is None and confirmed.status is ReservationStatus.CONFIRMED
+    [_, event] = await reservation_events(store, rid)
+    assert event["type"] == "reservation.confirmed" and event["owner"] is None
+
+
+async def test_every_reservation_event_names_the_owner(
+    store: RedisStore, reservations: ReservationStore
+) -> None:
+    site, sku = random_site(), random_sku()
+    await receive(store, sku, site, 10)
+    kept = (await place(reservations, request((sku, site, 2)), principal="oms-eu")).reservation
+    freed = (await place(reservations, request((sku, site, 1)), principal="oms-eu")).reservation
+    due = (
+        await place(reservations, request((sku, site, 1), ttl=1), principal="oms-eu")
+    ).reservation
+    await reservations.confirm(kept.reservation_id, caller="oms-eu", correlation_id="c", book=OPEN)
+    await allocate(store, sku, site, 2, kept.reservation_id)
+    await reservations.release(freed.reservation_id, caller=None, correlation_id="c", book=OPEN)
+    await force_due(store, due.reservation_id)
+    assert await reservations.expire_due(OPEN) >= 1
+
+    events = [
+        e for r in (kept, freed, due) for e in await reservation_events(store, r.reservation_id)
+    ]
+    assert sorted(e["type"] for e in events) == sorted(
+        ["reservation.held"] * 3
+        + ["reservation.confirmed", "reservation.consumed", "reservation.released"]
+        + ["reservation.expired"]
+    )
+    assert {e["owner"] for e in events} == {"oms-eu"}  # also when admin or the sweeper acted
 
 
 # -- expiry ----------------------------------------------------------------------------------
@@ -413,7 +516,7 @@ async def test_a_due_reservation_expires_once_and_returns_its_units(
     await reservations.expire_due()
     await reservations.expire_due()
 
-    assert (await reservations.get(rid)).status is ReservationStatus.EXPIRED
+    assert (await reservations.get(rid, caller=None)).status is ReservationStatus.EXPIRED
     assert await reserved(store, sku, site) == 0
     expired = [
         e for e in await reservation_events(store, rid) if e["type"] == "reservation.expired"
@@ -487,7 +590,7 @@ async def test_a_reservation_is_expired_by_whoever_notices_its_ttl_passed_first(
     await force_due(store, rid)
 
     with pytest.raises(InvalidTransition):
-        await reservations.confirm(rid, correlation_id="c", book=OPEN)
+        await reservations.confirm(rid, caller=None, correlation_id="c", book=OPEN)
 
     assert await reserved(store, sku, site) == 0
     events = [e["type"] for e in await reservation_events(store, rid)]
@@ -500,10 +603,10 @@ async def test_a_real_ttl_passes_without_any_call_but_the_sweep(
     site, sku = random_site(), random_sku()
     await receive(store, sku, site, 10)
     rid = (await place(reservations, request((sku, site, 4), ttl=1))).reservation.reservation_id
-    expires = (await reservations.get(rid)).expires_ms
+    expires = (await reservations.get(rid, caller=None)).expires_ms
     assert expires is not None
 
-    while (await reservations.get(rid)).status is ReservationStatus.HELD:
+    while (await reservations.get(rid, caller=None)).status is ReservationStatus.HELD:
         await reservations.expire_due()
 
     now_s, now_us = await store.redis.time()
@@ -526,12 +629,12 @@ async def test_allocation_for_a_reservation_moves_reserved_to_allocated(
 
     await allocate(store, a, site, 2, rid)
     assert (await reserved(store, a, site), await allocated(store, a, site)) == (1, 2)
-    assert (await reservations.get(rid)).status is ReservationStatus.HELD
+    assert (await reservations.get(rid, caller=None)).status is ReservationStatus.HELD
 
     await allocate(store, a, site, 1, rid)
     await allocate(store, b, site, 2, rid, corr="wms-pick-9")
 
-    consumed = await reservations.get(rid)
+    consumed = await reservations.get(rid, caller=None)
     assert consumed.status is ReservationStatus.CONSUMED
     assert [ln.allocated for ln in consumed.lines] == [3, 2]
     assert (await reserved(store, a, site), await reserved(store, b, site)) == (0, 0)
@@ -554,7 +657,7 @@ async def test_allocation_beyond_the_line_moves_only_what_the_line_holds(
     await allocate(store, sku, site, 5, mine)
 
     assert (await reserved(store, sku, site), await allocated(store, sku, site)) == (4, 5)
-    assert (await reservations.get(mine)).status is ReservationStatus.CONSUMED
+    assert (await reservations.get(mine, caller=None)).status is ReservationStatus.CONSUMED
 
 
 @pytest.mark.parametrize("ended_by", ["release", "expire", "unknown"])
@@ -566,7 +669,7 @@ async def test_allocation_for_an_ended_reservation_is_a_plain_allocation(
     rid = (await place(reservations, request((sku, site, 3)))).reservation.reservation_id
     other = (await place(reservations, request((sku, site, 2)))).reservation.reservation_id
     if ended_by == "release":
-        await reservations.release(rid, correlation_id="c", book=OPEN)
+        await reservations.release(rid, caller=None, correlation_id="c", book=OPEN)
     elif ended_by == "expire":
         await force_due(store, rid)
         await reservations.expire_due()
@@ -577,9 +680,9 @@ async def test_allocation_for_an_ended_reservation_is_a_plain_allocation(
 
     still_held = 2 if ended_by != "unknown" else 2 + 3
     assert (await reserved(store, sku, site), await allocated(store, sku, site)) == (still_held, 3)
-    assert (await reservations.get(other)).lines[0].allocated == 0
+    assert (await reservations.get(other, caller=None)).lines[0].allocated == 0
     if ended_by != "unknown":
-        assert (await reservations.get(rid)).status is not ReservationStatus.CONSUMED
+        assert (await reservations.get(rid, caller=None)).status is not ReservationStatus.CONSUMED
 
 
 async def test_a_redelivered_allocation_is_consumed_once(

@@ -33,14 +33,17 @@ from tests.random_refs import random_event_id, random_site, random_sku
 pytestmark = pytest.mark.integration
 
 OMS_KEY = "test-oms-http-key"
+OTHER_OMS_KEY = "test-marketplace-connector-http-key"
 READER_KEY = "test-reader-http-key"
 ADMIN_KEY = "test-admin-http-key"
 API_KEYS = [
     {"name": "ops", "key": ADMIN_KEY, "scopes": ["admin"]},
     {"name": "oms", "key": OMS_KEY, "scopes": ["reservations:write", "availability:read"]},
+    {"name": "connector", "key": OTHER_OMS_KEY, "scopes": ["reservations:write"]},
     {"name": "storefront", "key": READER_KEY, "scopes": ["availability:read"]},
 ]
 OMS = {"Authorization": f"Bearer {OMS_KEY}"}
+OTHER_OMS = {"Authorization": f"Bearer {OTHER_OMS_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 NOW = "2026-11-23T05:00:00Z"
 
@@ -382,6 +385,117 @@ async def test_unknown_reservations_are_404(client: httpx.AsyncClient, path: str
         assert response.json()["code"] == "not_found"
 
 
+# -- ownership (OWASP API1) ------------------------------------------------------------------
+
+ROUTES = [("GET", ""), ("POST", "/confirm"), ("POST", "/release")]
+
+
+async def call_route(
+    client: httpx.AsyncClient, method: str, rid: str, path: str, headers: dict[str, str]
+) -> httpx.Response:
+    return await client.request(method, f"/v1/reservations/{rid}{path}", headers=headers)
+
+
+def as_unknown(response: httpx.Response, rid: str) -> tuple[int, str, str]:
+    """Status, content type and body, with the id asked for written out of the body."""
+    text = response.text.replace(rid, "<id>")
+    return response.status_code, response.headers["content-type"], text
+
+
+async def test_two_oms_keys_each_see_and_end_only_their_own_reservations(
+    client: httpx.AsyncClient, store: RedisStore
+) -> None:
+    sku, site = random_sku("owned"), random_site()
+    await receive(store, sku, site, 10)
+    mine = (await reserve(client, body((sku, site, 3)))).json()
+    theirs = await reserve(client, body((sku, site, 2)), Authorization=OTHER_OMS["Authorization"])
+    assert theirs.status_code == 201, theirs.text
+    rid_mine, rid_theirs = mine["reservation_id"], theirs.json()["reservation_id"]
+    unknown = f"res_{uuid.uuid4().hex}"
+
+    for method, path in ROUTES:
+        for rid, caller in ((rid_mine, OTHER_OMS), (rid_theirs, OMS)):
+            foreign = await call_route(client, method, rid, path, caller)
+            missing = await call_route(client, method, unknown, path, caller)
+            assert foreign.status_code == 404, foreign.text
+            assert as_unknown(foreign, rid) == as_unknown(missing, unknown)
+
+    # Nothing the other key tried changed anything: both still held, every unit still held.
+    own = await client.get(f"/v1/reservations/{rid_mine}", headers=OMS)
+    other = await client.get(f"/v1/reservations/{rid_theirs}", headers=OTHER_OMS)
+    assert own.json() == {**mine, "owner": "oms"}
+    assert (other.json()["status"], other.json()["owner"]) == ("held", "connector")
+    assert await reserved(store, sku, site) == 5
+    # And each ends its own.
+    confirmed = await client.post(f"/v1/reservations/{rid_mine}/confirm", headers=OMS)
+    released = await client.post(f"/v1/reservations/{rid_theirs}/release", headers=OTHER_OMS)
+    assert (confirmed.json()["status"], released.json()["status"]) == ("confirmed", "released")
+    assert await reserved(store, sku, site) == 3
+
+
+async def test_admin_reads_confirms_and_releases_any_reservation_which_keeps_its_owner(
+    client: httpx.AsyncClient, store: RedisStore
+) -> None:
+    sku, site = random_sku("admin"), random_site()
+    await receive(store, sku, site, 10)
+    kept = (await reserve(client, body((sku, site, 2)))).json()["reservation_id"]
+    ended = (
+        await reserve(client, body((sku, site, 3)), Authorization=OTHER_OMS["Authorization"])
+    ).json()["reservation_id"]
+
+    read = await client.get(f"/v1/reservations/{ended}", headers=ADMIN)
+    confirmed = await client.post(f"/v1/reservations/{kept}/confirm", headers=ADMIN)
+    released = await client.post(f"/v1/reservations/{ended}/release", headers=ADMIN)
+
+    assert [r.status_code for r in (read, confirmed, released)] == [200, 200, 200]
+    assert (confirmed.json()["owner"], released.json()["owner"]) == ("oms", "connector")
+    assert await reserved(store, sku, site) == 2
+    events = await outbox_events(store, reservation_keys(store.keys, ended).outbox, ended)
+    assert [(e["type"], e["owner"]) for e in events] == [
+        ("reservation.held", "connector"),
+        ("reservation.released", "connector"),
+    ]
+    # The owner still ends what admin confirmed.
+    assert (await client.post(f"/v1/reservations/{kept}/release", headers=OMS)).status_code == 200
+
+
+async def test_a_reservation_and_its_events_name_the_key_that_made_it(
+    client: httpx.AsyncClient, store: RedisStore
+) -> None:
+    sku, site = random_sku("named"), random_site()
+    await receive(store, sku, site, 10)
+
+    created = await reserve(client, body((sku, site, 1)), Authorization=OTHER_OMS["Authorization"])
+    rid = created.json()["reservation_id"]
+    await client.post(f"/v1/reservations/{rid}/confirm", headers=OTHER_OMS)
+
+    assert created.json()["owner"] == "connector"
+    events = await outbox_events(store, reservation_keys(store.keys, rid).outbox, rid)
+    assert [(e["type"], e["owner"]) for e in events] == [
+        ("reservation.held", "connector"),
+        ("reservation.confirmed", "connector"),
+    ]
+
+
+async def test_one_idempotency_key_from_two_api_keys_makes_two_reservations(
+    client: httpx.AsyncClient, store: RedisStore
+) -> None:
+    sku, site = random_sku("idem"), random_site()
+    await receive(store, sku, site, 10)
+    key = f"shared-{uuid.uuid4().hex}"
+
+    first = await reserve(client, body((sku, site, 2)), key)
+    second = await reserve(
+        client, body((sku, site, 2)), key, Authorization=OTHER_OMS["Authorization"]
+    )
+    replay = await reserve(client, body((sku, site, 2)), key)
+
+    assert (first.status_code, second.status_code, replay.status_code) == (201, 201, 201)
+    assert first.json()["reservation_id"] != second.json()["reservation_id"]
+    assert replay.json() == first.json() and "idempotent-replayed" not in second.headers
+    assert await reserved(store, sku, site) == 4
+
+
 # -- expiry across processes -------------------------------------------------------------------
 
 
@@ -422,11 +536,11 @@ async def _expiry_run(redis_url: str, workdir: Path, *, kill_one: bool) -> None:
         reservations = ReservationStore(store, idempotency_ttl_seconds=86_400)
         deadline = time.monotonic() + 20  # liveness bound only; the lag is printed below
         while time.monotonic() < deadline:
-            statuses = {(await reservations.get(rid)).status.value for rid in rids}
+            statuses = {(await reservations.get(rid, caller=None)).status.value for rid in rids}
             if statuses == {"expired"}:
                 break
             await asyncio.sleep(0.05)
-        ended = [await reservations.get(rid) for rid in rids]
+        ended = [await reservations.get(rid, caller=None) for rid in rids]
         assert {r.status.value for r in ended} == {"expired"}
         lag = max(r.updated_ms - (r.created_ms + 1000) for r in ended)
         assert [await reserved(store, s, site) for s in skus] == [0] * 10

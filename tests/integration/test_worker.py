@@ -215,7 +215,9 @@ async def test_availability_changes_are_published_for_a_channel_an_admin_adds(
 ) -> None:
     sku, site = random_sku(), random_site()
     channel = f"t{uuid.uuid4().hex[:10]}"
-    await store.put_channel_policy(channel, ChannelPolicy(sites=(site,), safety_stock=2))
+    await store.put_channel_policy(
+        channel, ChannelPolicy(sites=(site,), safety_stock=2), changed_by="t"
+    )
     key = f"{sku}@{site}".encode()
 
     def ours(record: Any) -> bool:

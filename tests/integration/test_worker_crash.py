@@ -32,7 +32,7 @@ async def test_a_worker_killed_mid_stream_and_restarted_folds_every_event_exactl
     sites = [random_site() for _ in range(4)]
     items = [ItemSite(random_sku(), site) for site in sites for _ in range(10)]
     channel = f"k{uuid.uuid4().hex[:10]}"
-    await store.put_channel_policy(channel, ChannelPolicy(sites=tuple(sites)))
+    await store.put_channel_policy(channel, ChannelPolicy(sites=tuple(sites)), changed_by="t")
 
     # Receipts only: every event raises the item-site's ATP on our channel, so every event
     # must yield one availability.changed, whose version says which event it was.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ DEFAULT_POLICY = {
     "sites": None, "safety_stock": 0, "share": 100, "include_in_transit": False,
     "in_transit_horizon_days": 0,
 }  # fmt: skip
+SEEDED = {"changed_by": None, "changed_at": None}
 
 
 @pytest.fixture
@@ -46,7 +48,7 @@ async def test_the_policies_in_force_are_the_seeded_ones_and_the_default(api: Ap
     assert response.status_code == 200
     body = response.json()
     assert body["default"] == DEFAULT_POLICY
-    assert body["channels"] == {"web": {**DEFAULT_POLICY, "share": 50}}
+    assert body["channels"] == {"web": {**DEFAULT_POLICY, "share": 50, **SEEDED}}
     assert body["version"] >= 1
 
 
@@ -58,10 +60,12 @@ async def test_a_policy_put_changes_the_atp_at_once(api: Api) -> None:
     response = await put_policy(api, "web", {"share": 25, "safety_stock": 1})
 
     assert response.status_code == 200
-    assert response.json() == {
-        **DEFAULT_POLICY, "share": 25, "safety_stock": 1, "channel": "web",
-        "version": response.json()["version"],
+    answer = response.json()
+    assert answer == {
+        **DEFAULT_POLICY, "share": 25, "safety_stock": 1, "channel": "web", "changed_by": "ops",
+        "changed_at": answer["changed_at"], "version": answer["version"],
     }  # fmt: skip
+    assert answer["changed_at"].endswith("Z")
     assert await atp(api, sku, "web") == 4
 
 
@@ -71,7 +75,9 @@ async def test_a_policy_put_replaces_the_whole_policy(api: Api) -> None:
     await put_policy(api, "web", {"safety_stock": 3})
 
     listed = (await api.client.get("/v1/policies/channels", headers=ADMIN)).json()
-    assert listed["channels"]["web"] == {**DEFAULT_POLICY, "safety_stock": 3}
+    web = listed["channels"]["web"]
+    assert web == {**DEFAULT_POLICY, "safety_stock": 3, "changed_by": "ops",
+                   "changed_at": web["changed_at"]}  # fmt: skip
 
 
 async def test_a_policy_naming_sites_limits_the_sites_answered(api: Api) -> None:
@@ -91,7 +97,7 @@ async def test_a_policy_naming_sites_limits_the_sites_answered(api: Api) -> None
 async def test_a_policy_changed_by_another_process_is_picked_up_by_the_refresh(api: Api) -> None:
     sku = random_sku()
     await api.receive(sku, "DC-1", 8)
-    await api.store.put_channel_policy("store", ChannelPolicy(share=50))
+    await api.store.put_channel_policy("store", ChannelPolicy(share=50), changed_by="ops-cli")
 
     await api.state.refresh_policies()
 
@@ -140,7 +146,9 @@ async def test_a_safety_stock_override_beats_the_channel_safety_stock(api: Api) 
     )
 
     assert response.status_code == 200
-    assert response.json() == {"sku": sku, "site": "DC-1", "safety_stock": 5, "version": 2}
+    assert response.json() == {
+        "sku": sku, "site": "DC-1", "safety_stock": 5, "version": 2, "changed_by": "ops",
+    }  # fmt: skip
     assert await atp(api, sku, "web") == 5
     assert await atp(api, sku, "marketplace") == 5
 
@@ -180,6 +188,35 @@ async def test_a_safety_stock_change_is_announced_with_the_request_correlation_i
         ("availability.changed", "web", 1, 5)
     ]
     assert events[0]["correlation_id"] == "ticket-4711"
+    assert events[0]["changed_by"] == "ops"  # the name of the admin's API key
+
+
+async def test_admin_changes_are_logged_with_the_name_of_the_key(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="atp.admin")
+
+    await put_policy(api, "web", {"share": 30})
+    await api.client.put("/v1/safety-stock/SKU-9/DC-1", json={"safety_stock": 2}, headers=ADMIN)
+
+    lines = [r for r in caplog.records if r.name == "atp.admin"]
+    assert [(r.getMessage(), getattr(r, "changed_by", None)) for r in lines] == [
+        ("channel policy put by ops", "ops"),
+        ("safety stock put by ops", "ops"),
+    ]
+    assert lines[0].channel == "web" and lines[0].policy["share"] == 30
+    assert (lines[1].sku, lines[1].safety_stock) == ("SKU-9", 2)
+
+
+async def test_the_policy_record_keeps_who_put_it_in_force(api: Api) -> None:
+    await put_policy(api, "b2b", {"share": 70})
+
+    stored = json.loads(await api.redis.hget(keys.POLICIES, "b2b"))
+    listed = (await api.client.get("/v1/policies/channels", headers=ADMIN)).json()
+
+    assert stored["changed_by"] == "ops" and stored["changed_at"] > 0
+    assert listed["channels"]["b2b"]["changed_by"] == "ops"
+    assert listed["channels"]["web"]["changed_by"] is None  # seeded from the channels file
 
 
 async def test_a_safety_stock_can_be_set_for_a_sku_with_slashes(api: Api) -> None:
@@ -215,7 +252,7 @@ async def test_the_seeded_policies_come_back_when_the_store_comes_back_empty(api
     await api.state.refresh_policies()
 
     listed = (await api.client.get("/v1/policies/channels", headers=ADMIN)).json()
-    assert listed["channels"] == {"web": {**DEFAULT_POLICY, "share": 50}}
+    assert listed["channels"] == {"web": {**DEFAULT_POLICY, "share": 50, **SEEDED}}
 
 
 async def test_an_api_process_starting_later_keeps_an_admin_change_over_its_seed(

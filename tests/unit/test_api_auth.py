@@ -84,3 +84,26 @@ def test_a_key_configured_by_its_digest_is_recognised() -> None:
     assert principal is not None and principal.name == "oms"
     assert principal.scopes == frozenset({"reservations:write"})
     assert ring.principal("s3cret ") is None and ring.principal("") is None
+
+
+async def test_admin_grants_every_scope() -> None:
+    ring = KeyRing([ApiKeySpec(name="ops", key="k", scopes=["admin"])])
+
+    principal = ring.principal("k")
+
+    assert principal is not None
+    assert principal.scopes == {"admin", "availability:read", "reservations:write"}
+    assert principal.reservation_caller is None  # acts on any reservation
+
+
+def test_a_writer_acts_on_its_own_reservations_only() -> None:
+    ring = KeyRing([ApiKeySpec(name="oms-eu", key="k", scopes=["reservations:write"])])
+
+    principal = ring.principal("k")
+
+    assert principal is not None and principal.reservation_caller == "oms-eu"
+
+
+def test_a_key_needs_a_name() -> None:
+    with pytest.raises(ValueError, match="name"):
+        ApiKeySpec(name="", key="k", scopes=["admin"])

@@ -124,7 +124,7 @@ async def test_a_product_page_answered_from_the_copy_follows_every_change(api: A
     moved = await get(api, sku)
     await api.receive(sku, "DC-3", 5)  # a site appears
     grown = await get(api, sku)
-    await api.store.put_channel_policy("marketplace", ChannelPolicy(share=50))
+    await api.store.put_channel_policy("marketplace", ChannelPolicy(share=50), changed_by="t")
     await api.state.refresh_policies()  # another book
     halved = await get(api, sku)
 
@@ -176,7 +176,7 @@ async def test_a_product_page_of_dated_in_transit_is_rendered_again_the_next_day
 ) -> None:
     sku = random_sku()
     await api.store.put_channel_policy(
-        "dated", ChannelPolicy(include_in_transit=True, in_transit_horizon_days=2)
+        "dated", ChannelPolicy(include_in_transit=True, in_transit_horizon_days=2), changed_by="t"
     )
     await api.state.refresh_policies()
     today = date.today()

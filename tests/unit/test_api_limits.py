@@ -1,15 +1,21 @@
-"""Abuse limits: oversized bodies are a 413, a key over its rate is a 429 with Retry-After."""
+"""Abuse limits: oversized bodies are a 413, a key over its rate is a 429 with Retry-After,
+one limit for every API process (over one fake Redis here; real processes in
+tests/integration/test_api_rate_limit.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import fakeredis
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from atp_service.api.errors import ProblemError
-from atp_service.api.limits import RateLimiter, rate_limiter
+from atp_service.api.limits import SHARED_RETRY_SECONDS, LocalBuckets, RateLimiter, limits_of
 from atp_service.config import Settings
+from atp_service.store import keys
 from tests.unit.api_harness import ADMIN, READER, auth, make_settings, running_api
 from tests.unit.test_api_errors import assert_problem
 
@@ -179,7 +185,35 @@ async def test_a_rate_limited_request_changes_nothing() -> None:
     assert "web" not in book.policies
 
 
-# -- rate limiting: the token bucket -----------------------------------------------------------
+async def test_two_api_processes_share_one_limit_per_key() -> None:
+    settings = settings_with(api_rate_limit_per_second=0.001, api_rate_limit_burst=4)
+    server = fakeredis.FakeServer()
+    async with running_api(settings, server) as one, running_api(settings, server) as two:
+        statuses = [
+            (await api.client.get("/v1/policies/channels", headers=ADMIN)).status_code
+            for api in (one, two, one, two, one, two)
+        ]
+        bucket = await one.redis.hgetall(keys.rate_bucket("ops"))
+
+    assert statuses == [200, 200, 200, 200, 429, 429]
+    assert float(bucket["tk"]) < 1
+
+
+async def test_a_redis_outage_is_a_503_never_a_500_nor_a_429_of_the_limiter() -> None:
+    settings = settings_with(api_rate_limit_per_second=0.001, api_rate_limit_burst=2)
+    async with running_api(settings) as api:
+        api.server.connected = False
+        during = [await api.client.get("/v1/policies/channels", headers=ADMIN) for _ in range(2)]
+        over = await api.client.get("/v1/policies/channels", headers=ADMIN)
+        api.server.connected = True
+
+    for response in during:
+        assert_problem(response, 503, "store_unavailable")
+    # Counted in this process meanwhile: the burst still holds.
+    assert_problem(over, 429, "rate_limited")
+
+
+# -- rate limiting: the limiter ------------------------------------------------------------
 
 
 class FakeClock:
@@ -190,45 +224,125 @@ class FakeClock:
         return self.now
 
 
+class Shared:
+    """Service-wide buckets that count what was asked, and fail while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.asked = 0
+        self.answer = 0.0
+        self.gate: asyncio.Event | None = None
+
+    async def take(self, key_name: str) -> float:
+        self.asked += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.down:
+            raise RedisConnectionError("down")
+        return self.answer
+
+
+def limiter(shared: Shared, clock: FakeClock, burst: int = 2) -> RateLimiter:
+    return RateLimiter(shared, 0.001, burst, outage_errors=(RedisConnectionError,), clock=clock)
+
+
+async def test_the_limiter_asks_the_shared_buckets_and_answers_what_they_say() -> None:
+    shared, clock = Shared(), FakeClock()
+    rl = limiter(shared, clock)
+
+    assert await rl.acquire("k") == 0.0
+    shared.answer = 2.5
+    assert await rl.acquire("k") == 2.5
+    assert shared.asked == 2 and rl.shared_in_use
+
+
+async def test_while_redis_cannot_be_asked_the_process_limits_alone_then_asks_again() -> None:
+    shared, clock = Shared(), FakeClock()
+    rl = limiter(shared, clock, burst=2)
+    shared.down = True
+
+    first = await rl.acquire("k")
+    second = await rl.acquire("k")
+    third = await rl.acquire("k")
+
+    assert (first, second) == (0.0, 0.0) and third > 0.0  # the local burst of 2
+    assert shared.asked == 1 and not rl.shared_in_use  # asked once, not per request
+    clock.now += SHARED_RETRY_SECONDS
+    shared.down = False
+    assert await rl.acquire("k") == 0.0
+    assert shared.asked == 2 and rl.shared_in_use
+
+
+async def test_one_request_asks_again_while_the_others_count_locally() -> None:
+    shared, clock = Shared(), FakeClock()
+    rl = limiter(shared, clock, burst=100)
+    shared.down = True
+    await rl.acquire("k")
+    clock.now += SHARED_RETRY_SECONDS
+    shared.gate = asyncio.Event()
+
+    asking = asyncio.create_task(rl.acquire("k"))
+    await asyncio.sleep(0)
+    meanwhile = [await rl.acquire("k") for _ in range(5)]
+    shared.gate.set()
+    await asking
+
+    assert meanwhile == [0.0] * 5
+    assert shared.asked == 2  # the first failure, then the one request that asked again
+
+
+async def test_check_answers_429_with_retry_after_in_whole_seconds_rounded_up() -> None:
+    shared, clock = Shared(), FakeClock()
+    rl = limiter(shared, clock)
+    shared.answer = 0.001
+
+    with pytest.raises(ProblemError) as fast:
+        await rl.check("k")
+    shared.answer = 2.2
+    with pytest.raises(ProblemError) as slow:
+        await rl.check("k")
+
+    assert (fast.value.status, fast.value.code) == (429, "rate_limited")
+    assert fast.value.headers == {"Retry-After": "1"}
+    assert slow.value.headers == {"Retry-After": "3"}
+
+
+# -- rate limiting: the local token bucket ------------------------------------------------------
+
+
 def test_a_bucket_grants_its_burst_then_refills_at_the_rate() -> None:
     clock = FakeClock()
-    limiter = RateLimiter(rate=2.0, burst=4, clock=clock)
+    buckets = LocalBuckets(rate=2.0, burst=4, clock=clock)
 
-    assert [limiter.acquire("k") for _ in range(4)] == [0.0] * 4
-    assert limiter.acquire("k") == pytest.approx(0.5)
+    assert [buckets.acquire("k") for _ in range(4)] == [0.0] * 4
+    assert buckets.acquire("k") == pytest.approx(0.5)
     clock.now += 0.5
-    assert limiter.acquire("k") == 0.0
-    assert limiter.acquire("k") > 0.0
+    assert buckets.acquire("k") == 0.0
+    assert buckets.acquire("k") > 0.0
     clock.now += 60
-    assert [limiter.acquire("k") for _ in range(4)] == [0.0] * 4  # refilled to the burst only
-    assert limiter.acquire("k") > 0.0
+    assert [buckets.acquire("k") for _ in range(4)] == [0.0] * 4  # refilled to the burst only
+    assert buckets.acquire("k") > 0.0
 
 
 def test_each_key_has_its_own_bucket() -> None:
-    limiter = RateLimiter(rate=1.0, burst=1, clock=FakeClock())
+    buckets = LocalBuckets(rate=1.0, burst=1, clock=FakeClock())
 
-    assert limiter.acquire("a") == 0.0
-    assert limiter.acquire("b") == 0.0
-    assert limiter.acquire("a") > 0.0
-
-
-def test_retry_after_is_whole_seconds_rounded_up_and_at_least_one() -> None:
-    clock = FakeClock()
-    fast = RateLimiter(rate=100.0, burst=1, clock=clock)
-    slow = RateLimiter(rate=0.4, burst=1, clock=clock)
-    fast.check("k")
-    slow.check("k")
-
-    with pytest.raises(ProblemError) as fast_refusal:
-        fast.check("k")
-    with pytest.raises(ProblemError) as slow_refusal:
-        slow.check("k")
-
-    assert fast_refusal.value.headers == {"Retry-After": "1"}
-    assert slow_refusal.value.headers == {"Retry-After": "3"}
+    assert buckets.acquire("a") == 0.0
+    assert buckets.acquire("b") == 0.0
+    assert buckets.acquire("a") > 0.0
 
 
 def test_a_zero_rate_turns_limiting_off_and_a_zero_burst_follows_the_rate() -> None:
-    assert rate_limiter(0, 10) is None
-    limiter = rate_limiter(2.5, 0)
-    assert limiter is not None and limiter.burst == 3
+    assert limits_of(0, 10) is None
+    assert limits_of(2.5, 0) == (2.5, 3)
+    assert limits_of(0.001, 0) == (0.001, 1)
+
+
+def test_a_rate_bucket_is_one_key_of_its_own_slot_whatever_the_key_name() -> None:
+    names = ["oms", "oms-eu", "a}b{c", "x" * 128]
+    buckets = [keys.rate_bucket(name) for name in names]
+
+    assert len(set(buckets)) == len(names)
+    for bucket in buckets:
+        tag = bucket[bucket.index("{") + 1 : bucket.index("}")]
+        assert bucket.startswith("atp:{rl:") and bucket.endswith("}") and tag.startswith("rl:")

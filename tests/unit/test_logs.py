@@ -50,7 +50,7 @@ def test_the_access_log_writes_a_json_line_per_request_in_batches() -> None:
     access.logger.propagate = False
     try:
         access.record("GET", "/v1/availability/{sku:path}", 200, 1.25, "ord-1")
-        access.record("POST", "/v1/reservations", 409, 3.5, "ord-2")
+        access.record("POST", "/v1/reservations", 409, 3.5, "ord-2", "oms-eu")
         assert stream.getvalue() == ""  # waiting for the flush
         access.flush()
         access.flush()  # nothing new: nothing written
@@ -61,5 +61,6 @@ def test_the_access_log_writes_a_json_line_per_request_in_batches() -> None:
         ("GET /v1/availability/{sku:path} 200", 200, 1.25, "ord-1"),
         ("POST /v1/reservations 409", 409, 3.5, "ord-2"),
     ]
+    assert [x["caller"] for x in lines] == [None, "oms-eu"]  # the API key's name, once known
     assert all(x["level"] == "info" and x["logger"] == "atp.test.access" for x in lines)
     assert all(x["ts"].endswith("+00:00") for x in lines)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
+from atp_service.api.admin_log import log_admin_change
 from atp_service.api.deps import Admin, CorrelationIdDep, StateDep
 from atp_service.api.schemas import (
     CHANNEL_REGEX,
@@ -22,6 +23,8 @@ from atp_service.api.schemas import (
     policy_body,
 )
 from atp_service.domain import ChannelPolicy, ItemSite
+from atp_service.domain.reservations import iso_from_ms
+from atp_service.store.redis_store import PolicyChange
 
 router = APIRouter(tags=["admin"], responses=PROBLEM_RESPONSES)
 
@@ -39,8 +42,18 @@ async def get_channel_policies(state: StateDep, _: Admin) -> dict[str, Any]:
     return {
         "version": book.version,
         "default": policy_body(ChannelPolicy()),
-        "channels": {name: policy_body(p) for name, p in sorted(book.policies.items())},
+        "channels": {
+            name: {**policy_body(p), **change_body(book.changes.get(name))}
+            for name, p in sorted(book.policies.items())
+        },
     }
+
+
+def change_body(change: PolicyChange | None) -> dict[str, Any]:
+    """Who put a policy in force and when (both null for one seeded from the channels file)."""
+    if change is None:
+        return {"changed_by": None, "changed_at": None}
+    return {"changed_by": change.changed_by, "changed_at": iso_from_ms(change.changed_at_ms)}
 
 
 @router.put(
@@ -49,7 +62,8 @@ async def get_channel_policies(state: StateDep, _: Admin) -> dict[str, Any]:
     response_model=ChannelPolicyOut,
     summary="Replace a channel's policy",
     description="The body is the whole policy; omitted fields take their defaults. It "
-    "applies at once in this process and within about a second everywhere. Events "
+    "applies at once in this process and within about a second everywhere; the record "
+    "keeps who put it in force (`changed_by`, the name of the API key). Events "
     "already folded are not re-published: `availability.changed` follows the next "
     "change of each item-site.",
 )
@@ -57,14 +71,23 @@ async def put_channel_policy(
     channel: Annotated[str, Path(pattern=CHANNEL_REGEX)],
     body: ChannelPolicyBody,
     state: StateDep,
-    _: Admin,
+    principal: Admin,
 ) -> dict[str, Any]:
     await state.refresh_policies()  # first re-seeds a store that came back empty
     policy = body.to_policy()
-    await state.store.put_channel_policy(channel, policy)
+    version = await state.store.put_channel_policy(channel, policy, changed_by=principal.name)
     book = await state.store.policy_book()
     state.install_book(book, force=True)
-    return {"channel": channel, **policy_body(policy), "version": book.version}
+    log_admin_change(
+        principal, "channel policy put", channel=channel, policy=policy_body(policy),
+        policies_version=version,
+    )  # fmt: skip
+    return {
+        "channel": channel,
+        **policy_body(policy),
+        **change_body(book.changes.get(channel)),
+        "version": book.version,
+    }
 
 
 @router.put(
@@ -74,7 +97,8 @@ async def put_channel_policy(
     summary="Set or clear the safety-stock override of one item-site",
     description="The override beats every channel's safety stock. Each channel whose "
     "ATP moves gets an `availability.changed` event carrying this request's "
-    "X-Correlation-ID. The sku may contain '/'.",
+    "X-Correlation-ID and, as `changed_by`, the name of the API key that made the "
+    "change. The sku may contain '/'.",
 )
 async def put_safety_stock(
     sku: Annotated[str, Path(pattern=SKU_REGEX)],
@@ -82,7 +106,7 @@ async def put_safety_stock(
     body: SafetyStockBody,
     state: StateDep,
     correlation_id: CorrelationIdDep,
-    _: Admin,
+    principal: Admin,
 ) -> dict[str, Any]:
     book = await state.ensure_policies()
     version = await state.store.set_safety_stock(
@@ -91,5 +115,16 @@ async def put_safety_stock(
         book,
         correlation_id=correlation_id,
         change_id=f"ss-{os.urandom(12).hex()}",
+        changed_by=principal.name,
     )
-    return {"sku": sku, "site": site, "safety_stock": body.safety_stock, "version": version}
+    log_admin_change(
+        principal, "safety stock put", sku=sku, site=site, safety_stock=body.safety_stock,
+        version=version,
+    )  # fmt: skip
+    return {
+        "sku": sku,
+        "site": site,
+        "safety_stock": body.safety_stock,
+        "version": version,
+        "changed_by": principal.name,
+    }

@@ -1,4 +1,6 @@
-"""Reservations over HTTP (contract section 4): place, read, confirm, release; the sweeper."""
+"""Reservations over HTTP (contract section 4): place, read, confirm, release; the sweeper.
+
+A reservation is its creator's: see "Ownership" below."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pydantic import (
 )
 from starlette.responses import Response
 
-from atp_service.api.auth import require_scope
+from atp_service.api.auth import Principal, require_scope
 from atp_service.api.bodies import documented_body, json_body
 from atp_service.api.deps import ReservationsWriter, correlation_id_of
 from atp_service.api.direct_route import DirectRoute
@@ -118,6 +120,10 @@ class ReservationLineOut(BaseModel):
 class ReservationOut(BaseModel):
     reservation_id: str
     status: Literal["held", "confirmed", "released", "expired", "consumed"]
+    owner: str | None = Field(
+        description="The name of the API key that made it (null: made before owners were "
+        "recorded). Only that key, or one with admin, sees or changes it."
+    )
     channel: str
     order_ref: str | None
     mode: Literal["all_or_nothing", "partial"]
@@ -131,6 +137,7 @@ def reservation_body(reservation: Reservation) -> dict[str, Any]:
     return {
         "reservation_id": reservation.reservation_id,
         "status": reservation.status.value,
+        "owner": reservation.owner,
         "channel": reservation.channel,
         "order_ref": reservation.order_ref,
         "mode": reservation.mode.value,
@@ -312,19 +319,39 @@ router.add_api_route(
 )
 
 
-@router.get("/{reservation_id}", response_model=ReservationOut, responses={404: _PROBLEM})
+# Ownership (contract section 4): a reservation belongs to the key that made it. Every route
+# on one reservation passes ``principal.reservation_caller`` (api/auth.py) to the store as
+# ``caller``; the store tells another key's reservation exactly as an unknown one
+# (ReservationNotFound, checked inside Redis in the read itself: store/reservations.py
+# ``read_visible``), and ``_not_found`` answers both with the same 404. New routes on one
+# reservation (consume, PATCH) do the same, nothing more.
+_NOT_YOURS = (
+    "Another key's reservation is answered exactly as an unknown id: "
+    "404 not_found, the same body. A key with admin acts on any."
+)
+
+
+@router.get(
+    "/{reservation_id}",
+    response_model=ReservationOut,
+    responses={404: {"description": _NOT_YOURS, **_PROBLEM}},
+)
 async def get_reservation(
-    http: Request, reservation_id: ReservationIdPath, _: ReservationsWriter
+    http: Request, reservation_id: ReservationIdPath, principal: ReservationsWriter
 ) -> Response:
     _known_form(reservation_id)
     try:
-        reservation = await reservation_store(http.app.state.atp).get(reservation_id)
+        reservation = await reservation_store(http.app.state.atp).get(
+            reservation_id, caller=principal.reservation_caller
+        )
     except ReservationNotFound as exc:
         raise _not_found(exc) from None
     return _json(reservation_body(reservation))
 
 
-async def _transition(http: Request, transition: Transition, reservation_id: str) -> Response:
+async def _transition(
+    http: Request, transition: Transition, reservation_id: str, principal: Principal
+) -> Response:
     """Confirm or release: the same checks and answers, a different transition."""
     _known_form(reservation_id)
     state: ApiState = http.app.state.atp
@@ -333,7 +360,10 @@ async def _transition(http: Request, transition: Transition, reservation_id: str
     action = reservations.confirm if transition is Transition.CONFIRM else reservations.release
     try:
         reservation = await action(
-            reservation_id, correlation_id=correlation_id_of(http), book=book
+            reservation_id,
+            caller=principal.reservation_caller,
+            correlation_id=correlation_id_of(http),
+            book=book,
         )
     except ReservationNotFound as exc:
         raise _not_found(exc) from None
@@ -345,23 +375,29 @@ async def _transition(http: Request, transition: Transition, reservation_id: str
 @router.post(
     "/{reservation_id}/confirm",
     response_model=ReservationOut,
-    responses={404: _PROBLEM, 409: {"description": "invalid_transition", **_PROBLEM}},
+    responses={
+        404: {"description": _NOT_YOURS, **_PROBLEM},
+        409: {"description": "invalid_transition", **_PROBLEM},
+    },
 )
 async def confirm_reservation(
-    http: Request, reservation_id: ReservationIdPath, _: ReservationsWriter
+    http: Request, reservation_id: ReservationIdPath, principal: ReservationsWriter
 ) -> Response:
-    return await _transition(http, Transition.CONFIRM, reservation_id)
+    return await _transition(http, Transition.CONFIRM, reservation_id, principal)
 
 
 @router.post(
     "/{reservation_id}/release",
     response_model=ReservationOut,
-    responses={404: _PROBLEM, 409: {"description": "invalid_transition", **_PROBLEM}},
+    responses={
+        404: {"description": _NOT_YOURS, **_PROBLEM},
+        409: {"description": "invalid_transition", **_PROBLEM},
+    },
 )
 async def release_reservation(
-    http: Request, reservation_id: ReservationIdPath, _: ReservationsWriter
+    http: Request, reservation_id: ReservationIdPath, principal: ReservationsWriter
 ) -> Response:
-    return await _transition(http, Transition.RELEASE, reservation_id)
+    return await _transition(http, Transition.RELEASE, reservation_id, principal)
 
 
 def _known_form(reservation_id: str) -> None:

@@ -29,6 +29,19 @@ local function iso8601(ms)
     math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, millis)
 end
 
+-- Whether the API key named caller may see and act on a reservation record (a table of its
+-- fields): its owner ('ow') is that key, or caller is '' (a key with admin, the sweeper), or
+-- the record predates owners. domain/reservations.py's may_act_on is the same rule.
+local function owned_by(rec, caller)
+  return caller == '' or rec.ow == nil or rec.ow == caller
+end
+
+-- The owner of a reservation record for its events (null for a record made before owners).
+local function owner_of(rec)
+  if rec.ow == nil then return cjson.null end
+  return rec.ow
+end
+
 -- A position hash as a Lua table of numbers; in-transit by ETA under pos.t[day|'-'].
 local function load_position(key)
   local flat = redis.call('HGETALL', key)
@@ -167,12 +180,16 @@ end
 
 -- availability.changed for each channel whose ATP moved. Written as text, the hottest JSON
 -- of the service: sku, site and channel are checked identifiers (no character to escape);
--- the event id and the correlation id are encoded.
-local function emit_changes(outbox, before, after, sku, site, version, ms, cause_id, corr)
+-- the event id, the correlation id and changed_by are encoded. changed_by (optional): the
+-- name of the admin's API key whose change moved the ATP (a safety-stock change).
+local function emit_changes(outbox, before, after, sku, site, version, ms, cause_id, corr,
+    changed_by)
   local n = 0
   local key = sku .. '@' .. site
   local corr_json = 'null'
   if corr ~= nil and corr ~= cjson.null then corr_json = cjson.encode(corr) end
+  local tail = '}'
+  if changed_by ~= nil then tail = ',"changed_by":' .. cjson.encode(changed_by) .. '}' end
   for channel, atp in pairs(after) do
     local prev = before[channel] or 0
     if prev ~= atp then
@@ -181,7 +198,7 @@ local function emit_changes(outbox, before, after, sku, site, version, ms, cause
         .. '","correlation_id":' .. corr_json .. ',"sku":"' .. sku .. '","site":"' .. site
         .. '","channel":"' .. channel .. '","atp":' .. string.format('%d', atp)
         .. ',"previous_atp":' .. string.format('%d', prev)
-        .. ',"version":' .. string.format('%d', version) .. '}')
+        .. ',"version":' .. string.format('%d', version) .. tail)
       n = n + 1
     end
   end

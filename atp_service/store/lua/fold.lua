@@ -70,7 +70,7 @@ local function consume_reservation(ev, pos)
     schema = 'atp.event.v1', type = 'reservation.consumed',
     event_id = 'res:' .. ev.rid .. ':consumed', occurred_at = now_iso,
     correlation_id = corr, reservation_id = ev.rid, status = 'consumed',
-    previous_status = rec.st, channel = rec.ch, order_ref = ref, mode = rec.md,
+    previous_status = rec.st, owner = owner_of(rec), channel = rec.ch, order_ref = ref, mode = rec.md,
     allocation_event_id = ev.id, lines = event_lines,
   })
   return moved

@@ -3,8 +3,8 @@
 -- KEYS[1] idempotency record, KEYS[2] reservation hash, KEYS[3] expiry zset of its group,
 -- KEYS[4] outbox of its group; then per line i: KEYS[3 + 2i] position hash,
 -- KEYS[4 + 2i] outbox of the item-site's group.
--- ARGV[1] request JSON {id, ch, ref, md, ttl (ms), corr, h (fingerprint),
---         lines = [{s = sku, t = site, q = qty}]}
+-- ARGV[1] request JSON {id, ch, ref, md, ttl (ms), corr, h (fingerprint), ow (the name of
+--         the API key asking: the reservation's owner), lines = [{s = sku, t = site, q = qty}]}
 -- ARGV[2] the channel's policy (a one-element PolicyBook encoding), ARGV[3] every policy
 -- (PolicyBook encoding, for availability.changed), ARGV[4] idempotency record TTL in ms.
 -- Returns {outcome, http status, payload JSON, announced positions ('' if none)}; outcome
@@ -79,10 +79,10 @@ local expires = ms + tonumber(req.ttl)
 local ln = cjson.encode(record_lines)
 local fields = {
   st = 'held', ch = req.ch, rf = req.ref, md = req.md, cr = ms, ex = expires, up = ms,
-  co = corr, ln = ln,
+  co = corr, ow = req.ow, ln = ln,
 }
 redis.call('HSET', res_key, 'st', fields.st, 'ch', fields.ch, 'rf', fields.rf, 'md', fields.md,
-  'cr', ms, 'ex', expires, 'up', ms, 'co', corr, 'ln', ln)
+  'cr', ms, 'ex', expires, 'up', ms, 'co', corr, 'ow', req.ow, 'ln', ln)
 redis.call('ZADD', expiry_key, expires, req.id)
 
 local ref = cjson.null
@@ -90,8 +90,8 @@ if req.ref ~= '' then ref = req.ref end
 emit(res_outbox, req.id, {
   schema = 'atp.event.v1', type = 'reservation.held',
   event_id = 'res:' .. req.id .. ':held', occurred_at = iso8601(ms),
-  correlation_id = corr, reservation_id = req.id, status = 'held', channel = req.ch,
-  order_ref = ref, mode = req.md, expires_at = iso8601(expires), lines = event_lines,
+  correlation_id = corr, reservation_id = req.id, status = 'held', owner = req.ow,
+  channel = req.ch, order_ref = ref, mode = req.md, expires_at = iso8601(expires), lines = event_lines,
 })
 
 fields.id = req.id

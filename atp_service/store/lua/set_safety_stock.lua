@@ -1,6 +1,7 @@
 -- Set or clear the safety-stock override of one item-site and publish what it moved.
 -- KEYS[1] position hash, KEYS[2] outbox stream.
--- ARGV: sku, site, override ('' clears it), policies JSON, change id, correlation id.
+-- ARGV: sku, site, override ('' clears it), policies JSON, change id, correlation id, the
+-- name of the admin's API key (the events' changed_by).
 -- Returns {the item-site's version, the position announced ('' if unchanged)}.
 
 local pos_key, outbox = KEYS[1], KEYS[2]
@@ -28,5 +29,5 @@ redis.call('HSET', pos_key, 'ts', ms)
 pos.v, pos.ts = version, ms
 announce(sku, site, pos)
 local after = channel_atps(pos, policies, site, today)
-emit_changes(outbox, before, after, sku, site, version, ms, ARGV[5], ARGV[6])
+emit_changes(outbox, before, after, sku, site, version, ms, ARGV[5], ARGV[6], ARGV[7])
 return {version, flush_batch()}

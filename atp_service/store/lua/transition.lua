@@ -3,8 +3,9 @@
 -- out together (one outbox entry per stream, one announcement).
 -- ARGV[1] 'confirm' | 'release' | 'expire', ARGV[2] every policy (PolicyBook encoding),
 -- ARGV[3] correlation id ('' = each reservation's own), ARGV[4] how long an ended
--- reservation is kept, in ms, ARGV[5] 1 to return each record, 0 not to; then per
--- reservation j: ARGV[4 + 2j] its id, ARGV[5 + 2j] its number of lines n (as the caller read
+-- reservation is kept, in ms, ARGV[5] 1 to return each record, 0 not to, ARGV[6] the name
+-- of the API key asking ('' = any reservation: a key with admin, the sweeper); then per
+-- reservation j: ARGV[5 + 2j] its id, ARGV[6 + 2j] its number of lines n (as the caller read
 -- them). Its keys, from where the previous reservation's end: its hash, the expiry zset and
 -- the outbox of its group, then per line i (in the record's order) the position hash and
 -- the outbox of the item-site's group (3 + 2n keys).
@@ -14,12 +15,14 @@
 -- HGETALL of the record (empty unless asked), 1 if this call expired it else 0}; outcome is
 -- 'changed', 'unchanged' (an idempotent repeat, or nothing due), 'invalid', 'missing', or
 -- 'error' with the message in place of the record (that reservation alone; the others go on).
+-- A reservation of another key than ARGV[6] is 'missing', untouched, as an unknown one.
 
 local action = ARGV[1]
 local policies = cjson.decode(ARGV[2])
 local asked_corr = ARGV[3]
 local keep_ms = ARGV[4]
 local want_record = ARGV[5] == '1'
+local caller = ARGV[6]
 if action ~= 'confirm' and action ~= 'release' and action ~= 'expire' then
   return redis.error_reply('transition.lua: unknown action ' .. action)
 end
@@ -37,6 +40,7 @@ local function transition_one(base, rid, n_lines)
   local flat = redis.call('HGETALL', res_key)
   local rec = {}
   for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
+  if not owned_by(rec, caller) then return 'foreign', 0 end
   local corr = asked_corr
   if corr == '' then corr = rec.co end
   local lines = cjson.decode(rec.ln)
@@ -57,7 +61,7 @@ local function transition_one(base, rid, n_lines)
       schema = 'atp.event.v1', type = 'reservation.' .. status,
       event_id = 'res:' .. rid .. ':' .. status, occurred_at = iso_of(ms),
       correlation_id = event_corr, reservation_id = rid, status = status,
-      previous_status = rec.st, channel = rec.ch, order_ref = ref, mode = rec.md,
+      previous_status = rec.st, owner = owner_of(rec), channel = rec.ch, order_ref = ref, mode = rec.md,
       lines = event_lines,
     })
   end
@@ -119,9 +123,9 @@ local function transition_one(base, rid, n_lines)
   return outcome, expired_now
 end
 
-local count = (#ARGV - 5) / 2
+local count = (#ARGV - 6) / 2
 local wanted_keys = 0
-for j = 1, count do wanted_keys = wanted_keys + 3 + 2 * tonumber(ARGV[5 + 2 * j]) end
+for j = 1, count do wanted_keys = wanted_keys + 3 + 2 * tonumber(ARGV[6 + 2 * j]) end
 if wanted_keys ~= #KEYS then
   return redis.error_reply('transition.lua: expected ' .. wanted_keys .. ' keys')
 end
@@ -131,11 +135,16 @@ begin_batch()
 local results = {}
 local base = 0
 for j = 1, count do
-  local rid = ARGV[4 + 2 * j]
-  local n_lines = tonumber(ARGV[5 + 2 * j])
+  local rid = ARGV[5 + 2 * j]
+  local n_lines = tonumber(ARGV[6 + 2 * j])
   local ok, outcome, expired_now = pcall(transition_one, base, rid, n_lines)
   local at = #results
-  if ok then
+  if ok and outcome == 'foreign' then
+    -- Told exactly as an unknown reservation is: 'missing', no record.
+    results[at + 1] = 'missing'
+    results[at + 2] = {}
+    results[at + 3] = 0
+  elseif ok then
     results[at + 1] = outcome
     if want_record then
       results[at + 2] = redis.call('HGETALL', KEYS[base + 1])
