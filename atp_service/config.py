@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from atp_service.domain import DEFAULT_AUTHORITY, Bucket, ChannelPolicy, Source
+from atp_service.domain.model import EMPTY_SITES
 
 Scope = Literal["availability:read", "reservations:write", "admin"]
 ALL_SCOPES: tuple[Scope, ...] = ("availability:read", "reservations:write", "admin")
@@ -188,6 +189,8 @@ class Settings(BaseSettings):
 
 def policy_from_mapping(body: dict[str, Any]) -> ChannelPolicy:
     sites = body.get("sites")
+    if sites is not None and not sites:
+        raise ValueError(EMPTY_SITES)
     return ChannelPolicy(
         sites=tuple(sites) if sites is not None else None,
         safety_stock=int(body.get("safety_stock", 0)),
