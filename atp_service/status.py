@@ -226,9 +226,14 @@ async def gather_status(settings: Settings) -> Report:
     return report
 
 
-def run_status(settings: Settings, out: TextIO = sys.stdout) -> int:
+def run_status(settings: Settings, out: TextIO | None = None) -> int:
     # The clients' own complaints about a broker that is down: the report says it once.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    report = asyncio.run(gather_status(settings))
-    out.write(report.render() + "\n")
+    kafka_log = logging.getLogger("aiokafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
+    try:
+        report = asyncio.run(gather_status(settings))
+    finally:
+        kafka_log.setLevel(level)
+    (out or sys.stdout).write(report.render() + "\n")
     return 0 if report.all_up else 1
