@@ -250,17 +250,22 @@ def columns_help() -> str:
 def _print_letters(
     letters: Sequence[DeadLetter], marks: dict[str, ReplayMark] | None, out: TextIO
 ) -> None:
-    """A header, then one tab-separated line per letter, in the order of ``COLUMNS``."""
-    out.write("\t".join(name for name, _ in COLUMNS) + "\n")
+    """A header, then one line per letter, in the columns of ``COLUMNS`` (aligned)."""
+    rows = [[name for name, _ in COLUMNS]]
     for letter in letters:
         rec = letter.record
         found = None if marks is None else marks.get(letter.where)
         mark = "?" if marks is None else found.describe() if found else "-"
-        out.write(
-            f"{letter.where}\t{rec.get('dead_lettered_at', '-')}\t{letter.code}\t"
-            f"{rec.get('topic')}:{rec.get('partition')}:{rec.get('offset')}\t"
-            f"{rec.get('key')}\t{mark}\t{rec.get('detail', '')}\n"
-        )
+        origin = f"{rec.get('topic')}:{rec.get('partition')}:{rec.get('offset')}"
+        when = str(rec.get("dead_lettered_at", "-"))
+        rows.append(
+            [letter.where, when, letter.code, origin, str(rec.get("key")), mark,
+             str(rec.get("detail", ""))]
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
 
 
 async def _run(

@@ -84,7 +84,9 @@ async def test_replaying_dead_letters_after_a_fix_sends_them_once_however_often(
     settings = Settings(kafka_brokers=[stack.bootstrap], redis_url=stack.redis_url)
     code = await asyncio.to_thread(run_dlq, settings, "list", code="not_authoritative", out=listing)
     assert code == 0 and sku in listing.getvalue()
-    assert listing.getvalue().startswith("LETTER\tDEAD-LETTERED\tCODE\tFROM\tKEY\tREPLAYED\t")
+    assert listing.getvalue().split("\n")[0].split() == [
+        "LETTER", "DEAD-LETTERED", "CODE", "FROM", "KEY", "REPLAYED", "DETAIL",
+    ]  # fmt: skip
 
     # The fix: the same consumer group restarts with the corrected authority map.
     fixed = WorkerProcess(stack, tmp_path, app_id=worker.app_id)
