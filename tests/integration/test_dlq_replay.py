@@ -57,6 +57,27 @@ async def letters_of(stack: EmbeddedStack, sku: str) -> list[DeadLetter]:
     return [x for x in letters if sku in str(x.record.get("value"))]
 
 
+async def dead_lettered_receipt(
+    stack: EmbeddedStack,
+    producer: AIOKafkaProducer,
+    worker: WorkerProcess,
+    sku: str,
+    site: str,
+    qty: int,
+) -> DeadLetter:
+    """An ERP receipt of on_hand (not the ERP's bucket by default), once the running
+    ``worker`` has dead-lettered it."""
+    value = json.dumps(erp_delta(sku, site, "on_hand", qty)).encode()
+    await producer.send_and_wait(ERP, key=f"{sku}@{site}".encode(), value=value)
+
+    async def dead_lettered() -> bool:
+        return len(await letters_of(stack, sku)) == 1
+
+    await eventually(dead_lettered, worker)
+    [letter] = await letters_of(stack, sku)
+    return letter
+
+
 async def test_replaying_dead_letters_after_a_fix_sends_them_once_however_often(
     stack: EmbeddedStack,
     store: RedisStore,
@@ -69,14 +90,7 @@ async def test_replaying_dead_letters_after_a_fix_sends_them_once_however_often(
     worker = WorkerProcess(stack, tmp_path)
     worker.start()
     try:
-        await producer.send_and_wait(
-            ERP, key=key, value=json.dumps(erp_delta(sku, site, "on_hand", 12)).encode()
-        )
-
-        async def dead_lettered() -> bool:
-            return len(await letters_of(stack, sku)) == 1
-
-        await eventually(dead_lettered, worker)
+        await dead_lettered_receipt(stack, producer, worker, sku, site, 12)
     finally:
         worker.stop()
 
@@ -131,19 +145,10 @@ async def test_a_replay_refused_again_adds_no_letter_and_goes_again_after_the_fi
     tmp_path: Path,
 ) -> None:
     sku, site = random_sku("dlq-again"), random_site()
-    key = f"{sku}@{site}".encode()
     worker = WorkerProcess(stack, tmp_path)
     worker.start()
     try:
-        await producer.send_and_wait(
-            ERP, key=key, value=json.dumps(erp_delta(sku, site, "on_hand", 5)).encode()
-        )
-
-        async def dead_lettered() -> bool:
-            return len(await letters_of(stack, sku)) == 1
-
-        await eventually(dead_lettered, worker)
-        [letter] = await letters_of(stack, sku)
+        letter = await dead_lettered_receipt(stack, producer, worker, sku, site, 5)
 
         # Replayed before the fix: refused again, and said so on the letter's mark.
         assert (await replay(stack.bootstrap, [letter], marks)).counts() == (1, 0, 0)
