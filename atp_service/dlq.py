@@ -336,7 +336,7 @@ def run_dlq(
     since: str | None = None,
     as_json: bool = False,
     dry_run: bool = False,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     """`atp dlq list|replay [--code C] [--since T] [--dry-run]`; returns the exit code."""
     if action not in ("list", "replay"):
@@ -355,6 +355,6 @@ def run_dlq(
             since=since_at,
             as_json=as_json,
             dry_run=dry_run,
-            out=out,
+            out=out or sys.stdout,  # looked up now: a test may have replaced it
         )
     )
