@@ -1,8 +1,10 @@
-"""The `atp` command: up (the whole thing on one machine), api, worker, simulate, audit."""
+"""The `atp` command: up (the whole thing on one machine), api, worker, simulate, topics,
+status, audit, dlq."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -30,6 +32,7 @@ from atp_service.config import (
     INBOUND_TOPICS,
     Settings,
 )
+from atp_service.embedded import TOPIC_PARTITIONS
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_WORKER_METRICS_PORT: int = Settings.model_fields["worker_metrics_port"].default
@@ -144,15 +147,65 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to run (0: until Ctrl-C)",
     )
 
+    topics = sub.add_parser(
+        "topics",
+        help="create the service's four topics on a Kafka that `atp up` did not start",
+        description="Create wms.inventory.v1, erp.inventory.v1, atp.events.v1 and "
+        "inventory.dlq.v1 on the brokers of ATP_KAFKA_BROKERS. Topics that exist are kept "
+        "as they are (their partitions are shown, never changed).",
+    )
+    topics.add_argument("action", choices=("create",))
+    topics.add_argument(
+        "--partitions",
+        type=_positive_int,
+        default=TOPIC_PARTITIONS[EVENTS_TOPIC],
+        help="partitions of the inbound and events topics (the inbound ones cap the useful "
+        "workers; default %(default)s)",
+    )
+    topics.add_argument(
+        "--dlq-partitions",
+        type=_positive_int,
+        default=TOPIC_PARTITIONS[DLQ_TOPIC],
+        help="partitions of inventory.dlq.v1 (default %(default)s)",
+    )
+    topics.add_argument(
+        "--replication-factor", type=_positive_int, default=1, help="default %(default)s"
+    )
+
+    sub.add_parser(
+        "status",
+        help="what is up: Redis, Kafka, workers, API; versions, lag, outbox, dead letters",
+        description="Check Redis (ATP_REDIS_URL), the brokers (ATP_KAFKA_BROKERS), the "
+        "workers' consumer group (ATP_WORKER_APP_ID) and the API (ATP_API_URL), and say in "
+        "a few lines what is up, what is down and why. Exit code 0 when everything is up, "
+        "1 otherwise.",
+    )
+
     sub.add_parser("audit", help="check reserved units against the active reservations")
 
-    dlq = sub.add_parser("dlq", help="list or replay the dead-letter topic")
+    from atp_service.dlq import SINCE_FORMS, columns_help
+
+    dlq = sub.add_parser(
+        "dlq",
+        help="list or replay the dead-letter topic",
+        description="`list` shows what inventory.dlq.v1 holds; `replay` re-submits each "
+        "letter's original message to its topic, once: it marks what it sent (in Redis), "
+        "so a second replay sends nothing again.",
+        epilog="Columns of `atp dlq list`:\n" + columns_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     dlq.add_argument("action", choices=("list", "replay"))
     dlq.add_argument("--code", default=None, help="only dead letters with this error code")
     dlq.add_argument(
-        "--since", default=None, help="only dead letters from this RFC 3339 time or date on"
+        "--since",
+        default=None,
+        metavar="T",
+        help=f"only dead letters from T on: {SINCE_FORMS}",
     )
     dlq.add_argument("--json", action="store_true", help="list as JSON lines")
+    dlq.add_argument(
+        "--dry-run", action="store_true", help="replay: show what would be sent, send nothing"
+    )
     return parser
 
 
@@ -228,8 +281,46 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_dlq(args: argparse.Namespace) -> int:
     run_dlq: Callable[..., int] = _lazy("atp_service.dlq", "run_dlq")
     return int(
-        run_dlq(_settings(), args.action, code=args.code, since=args.since, as_json=args.json)
+        run_dlq(
+            _settings(),
+            args.action,
+            code=args.code,
+            since=args.since,
+            as_json=args.json,
+            dry_run=args.dry_run,
+        )
     )
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from atp_service.embedded import create_topics, topic_partitions
+
+    settings = _settings()
+    wanted = topic_partitions(args.partitions, args.dlq_partitions)
+    try:
+        states = asyncio.run(
+            create_topics(
+                settings.bootstrap_servers, wanted, replication_factor=args.replication_factor
+            )
+        )
+    except KafkaError as exc:
+        raise CliError(f"Kafka at {settings.bootstrap_servers}: {exc!r}") from None
+    width = max(len(name) for name in wanted)
+    for state in states:
+        if state.created:
+            print(f"{state.name:<{width}}  created, {state.partitions} partitions")
+        else:
+            differs = state.partitions != wanted[state.name]
+            note = f" (not {wanted[state.name]}: an existing topic is kept)" if differs else ""
+            print(f"{state.name:<{width}}  exists, {state.partitions} partitions{note}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run_status: Callable[[Settings], int] = _lazy("atp_service.status", "run_status")
+    return int(run_status(_settings()))
 
 
 # -- atp up ---------------------------------------------------------------------------------
@@ -240,6 +331,11 @@ class DevKey:
     name: str
     key: str
     scopes: list[str]
+
+
+def dev_key_variable(role: str) -> str:
+    """Where `.atp/env` puts a role's dev key: ``ATP_STOREFRONT_KEY``, ``ATP_OMS_KEY``, ..."""
+    return f"ATP_{role.upper()}_KEY"
 
 
 def make_dev_keys() -> list[DevKey]:
@@ -353,6 +449,7 @@ class Up:
     args: argparse.Namespace
     out: Callable[[str], None] = print
     children: list[Child] = field(default_factory=list)
+    keys: list[DevKey] = field(default_factory=list)
     stopping: str | None = None
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -382,12 +479,13 @@ class Up:
         for old in workdir.glob("*.log"):
             old.unlink()
         stack = EmbeddedStack(args.redis_port, args.kafka_port, workdir)
-        keys = make_dev_keys()
+        keys = self.keys = make_dev_keys()
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
             "ATP_REDIS_URL": stack.redis_url,
             "ATP_KAFKA_BROKERS": stack.bootstrap,
+            "ATP_API_URL": f"http://{LOOPBACK}:{args.api_port}",
             "ATP_API_KEYS": keys_json(keys),
             "ATP_WORKER_METRICS_PORT": str(args.worker_metrics_port),
         }
@@ -431,7 +529,7 @@ class Up:
         stack: Any,
         env: dict[str, str],
         keys: list[DevKey],
-        ensure_topics: Callable[[str], None],
+        ensure_topics: Callable[[str], object],
     ) -> int:
         args = self.args
         atp = [sys.executable, "-m", "atp_service"]
@@ -526,16 +624,27 @@ class Up:
             f"  curl -s -H 'Authorization: Bearer {storefront}' "
             f"'{api}/v1/availability/{sku}?channel=web'",
             "",
-            f"Environment for other `atp` commands against this stack: {self.write_env(env)}",
+            f"Environment for other `atp` commands against this stack (`atp status`, "
+            f"`atp dlq list`, ...), with the keys above: source {self.write_env(env)}",
             "Ctrl-C stops everything.",
         ]
         return "\n".join(lines)
 
     def write_env(self, env: dict[str, str]) -> Path:
+        """``.atp/env``: every setting that points at this stack (each port it listens on,
+        moved or not) and this run's dev keys, one per role, for `source .atp/env`."""
         path: Path = self.args.workdir.resolve() / "env"
-        names = ("ATP_REDIS_URL", "ATP_KAFKA_BROKERS", "ATP_API_KEYS", "ATP_CHANNELS_FILE")
-        text = "".join(f"export {n}='{env[n]}'\n" for n in names if n in env)
-        path.write_text(text)
+        names = (
+            "ATP_REDIS_URL",
+            "ATP_KAFKA_BROKERS",
+            "ATP_API_URL",
+            "ATP_WORKER_METRICS_PORT",
+            "ATP_API_KEYS",
+            "ATP_CHANNELS_FILE",
+        )
+        lines = [f"export {n}='{env[n]}'" for n in names if n in env]
+        lines += [f"export {dev_key_variable(k.name)}='{k.key}'" for k in self.keys]
+        path.write_text("".join(line + "\n" for line in lines))
         path.chmod(0o600)
         return path
 
@@ -549,6 +658,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "api": cmd_api,
     "worker": cmd_worker,
     "simulate": cmd_simulate,
+    "topics": cmd_topics,
+    "status": cmd_status,
     "audit": cmd_audit,
     "dlq": cmd_dlq,
 }

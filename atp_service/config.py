@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from atp_service.domain import DEFAULT_AUTHORITY, Bucket, ChannelPolicy, Source
+from atp_service.domain.model import EMPTY_SITES
 
 Scope = Literal["availability:read", "reservations:write", "admin"]
 ALL_SCOPES: tuple[Scope, ...] = ("availability:read", "reservations:write", "admin")
@@ -69,6 +70,8 @@ class Settings(BaseSettings):
     """Redis holding the folded positions, reservations and the outbox."""
     kafka_brokers: Annotated[list[str], NoDecode] = [f"127.0.0.1:{EMBEDDED_KAFKA_PORT}"]
     """Bootstrap servers, comma-separated ``host:port``."""
+    api_url: str = f"http://127.0.0.1:{EMBEDDED_API_PORT}"
+    """Where `atp status` asks an API process whether it is ready (the API itself ignores it)."""
 
     # -- security ------------------------------------------------------------------------
     api_keys: list[ApiKeySpec] = []
@@ -131,6 +134,17 @@ class Settings(BaseSettings):
     1.5 s, which put up to that long between an event's produce and its fold)."""
     worker_fold_batch: int = Field(default=4000, ge=1)
     """Messages fetched, decoded and folded together (one Redis round trip) at most."""
+    worker_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=1_800_000)
+    """How long the consumer group waits for a worker that stopped heartbeating (killed,
+    frozen, cut off) before its partitions go to the others, and how long a rebalance waits
+    for every member to rejoin. Kafka refuses values outside the broker's
+    ``group.min.session.timeout.ms`` .. ``group.max.session.timeout.ms`` (6 s .. 30 min by
+    default). docs/worker.md, "Rebalances", has the measured delays."""
+    worker_group_instance_id: str | None = None
+    """Static group membership (Kafka 2.3+, KIP-345): a worker restarted with the same id
+    within the session timeout takes its partitions back with no rebalance. Each worker
+    process needs an id of its own (e.g. its host or pod name); unset, membership is
+    dynamic."""
     worker_metrics_port: int = Field(default=9102, ge=0, le=65535)
     """Port of the worker's /metrics (0 turns it off)."""
     worker_metrics_host: str = "127.0.0.1"
@@ -192,6 +206,8 @@ class Settings(BaseSettings):
 
 def policy_from_mapping(body: dict[str, Any]) -> ChannelPolicy:
     sites = body.get("sites")
+    if sites is not None and not sites:
+        raise ValueError(EMPTY_SITES)
     return ChannelPolicy(
         sites=tuple(sites) if sites is not None else None,
         safety_stock=int(body.get("safety_stock", 0)),

@@ -1,6 +1,7 @@
 """The embedded default: a redis-server and a Tansu broker from installed packages, on loopback.
 
-Used by `atp up` and by the integration and end-to-end test fixtures.
+Used by `atp up` and by the integration and end-to-end test fixtures; the topic creation
+also by `atp topics create`, for any Kafka.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from pathlib import Path
 from atp_service.config import DLQ_TOPIC, EVENTS_TOPIC, INBOUND_TOPICS
 
 LOOPBACK = "127.0.0.1"  # Tansu listens on IPv4; "localhost" may resolve to ::1.
-
-#: partitions per topic created by `atp up` and the test fixtures
-TOPIC_PARTITIONS = {**dict.fromkeys(INBOUND_TOPICS, 8), EVENTS_TOPIC: 8, DLQ_TOPIC: 3}
 
 
 class EmbeddedError(RuntimeError):
@@ -162,8 +160,30 @@ def tansu_process(port: int, workdir: Path) -> ManagedProcess:
     return ManagedProcess("kafka", argv, port, workdir / "tansu.log")
 
 
-async def create_topics(bootstrap: str, partitions: dict[str, int] | None = None) -> None:
-    """Create the service's topics (Tansu never auto-creates them); existing ones are kept."""
+def topic_partitions(partitions: int = 8, dlq_partitions: int = 3) -> dict[str, int]:
+    """Partitions per topic: ``partitions`` for the inbound and events topics (the inbound
+    ones cap the useful workers), ``dlq_partitions`` for the dead letters."""
+    return {**dict.fromkeys((*INBOUND_TOPICS, EVENTS_TOPIC), partitions), DLQ_TOPIC: dlq_partitions}
+
+
+#: partitions per topic created by `atp up` and the test fixtures
+TOPIC_PARTITIONS = topic_partitions()
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """One of the service's topics after ``create_topics``."""
+
+    name: str
+    created: bool
+    partitions: int  # what it has (what was asked for, when it was created just now)
+
+
+async def create_topics(
+    bootstrap: str, partitions: dict[str, int] | None = None, *, replication_factor: int = 1
+) -> list[TopicState]:
+    """Create the service's topics (Tansu never auto-creates them); existing ones are kept
+    as they are (their partitions are reported, never changed)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -173,19 +193,27 @@ async def create_topics(bootstrap: str, partitions: dict[str, int] | None = None
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(name, num_partitions=n, replication_factor=1)
+            NewTopic(name, num_partitions=n, replication_factor=replication_factor)
             for name, n in wanted.items()
             if name not in existing
         ]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
+        # Only topics known to exist: a metadata request for an unknown one may create it.
+        kept = [name for name in wanted if name in existing]
+        described = await admin.describe_topics(kept) if kept else []
+        had = {str(t["topic"]): len(t.get("partitions") or ()) for t in described}
     finally:
         await admin.close()
+    return [
+        TopicState(name, name not in existing, had.get(name, count))
+        for name, count in wanted.items()
+    ]
 
 
-def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None) -> None:
-    asyncio.run(create_topics(bootstrap, partitions))
+def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None) -> list[TopicState]:
+    return asyncio.run(create_topics(bootstrap, partitions))
 
 
 @dataclass

@@ -23,6 +23,7 @@ from atp_service import metrics
 from atp_service.domain import Bucket, ChannelPolicy, Source
 from atp_service.store import FoldOutcome, PolicyBook, RedisStore
 from atp_service.store.redis_store import FOLD_ERROR, PreparedFold
+from atp_service.store.replay_marks import ReplayMarks
 from stream_agents.records import DecodeError, ErrorCode, InboundEvent, dead_letter_record, decode
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class InboundMessage:
     offset: int
     key: bytes | None
     value: bytes | None
+    #: ``"<partition>:<offset>"`` of the dead letter `atp dlq replay` sent this from, if so.
+    replayed_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +108,11 @@ class BatchFolder:
         policy_refresh_seconds: float = POLICY_REFRESH_SECONDS,
         max_backoff_seconds: float = 2.0,
         should_give_up: Callable[[], bool] = lambda: False,
+        replay_marks: ReplayMarks | None = None,
     ) -> None:
         self.store = store
         self.dead_letters = dead_letters
+        self.replay_marks = replay_marks
         self.authority = dict(authority)
         self.book = PolicyBook.of({})
         self._initial_policies = dict(initial_policies or {})
@@ -272,6 +277,9 @@ class BatchFolder:
 
     async def _dead_letter(self, rejected: Sequence[Rejected]) -> None:
         now = datetime.now(UTC)
+        rejected = await self._refused_again(rejected, now)
+        if not rejected:
+            return
         records = [
             (
                 r.message.key,
@@ -299,6 +307,32 @@ class BatchFolder:
                 "dead-lettered %s[%d]@%d: %s %s",
                 r.message.topic, r.message.partition, r.message.offset, r.code, r.detail,
             )  # fmt: skip
+
+    async def _refused_again(self, rejected: Sequence[Rejected], now: datetime) -> list[Rejected]:
+        """A replayed message refused again gets no new dead letter (its letter is still in
+        the topic): its replay mark says it failed again, so the next replay sends it again.
+        The others are returned, to be dead-lettered; so is a replayed one whose mark is gone."""
+        marks = self.replay_marks
+        if marks is None or all(r.message.replayed_from is None for r in rejected):
+            return list(rejected)
+        left: list[Rejected] = []
+        for r in rejected:
+            where = r.message.replayed_from
+            if where is None:
+                left.append(r)
+                continue
+
+            async def note(where: str = where, r: Rejected = r) -> bool:
+                return await marks.failed_again(where, now, r.code, r.detail)
+
+            if await self._retry("replay mark", note, redis_is_down, "redis"):
+                log.info(
+                    "replayed dead letter %s refused again: %s %s (its mark says so; "
+                    "`atp dlq replay` sends it again)", where, r.code, r.detail,
+                )  # fmt: skip
+            else:
+                left.append(r)
+        return left
 
     # -- retrying ----------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from atp_service import metrics
+from atp_service.store.replay_marks import replayed_from
 from stream_agents._folding import BatchAbandoned, BatchFolder, InboundMessage, PreparedBatch
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class InboundAgent:
         fetch_max_wait_ms: int,
         session_timeout_ms: int,
         rebalance_timeout_ms: int,
+        group_instance_id: str | None = None,
         should_give_up: Callable[[], bool] = lambda: False,
     ) -> None:
         self.folder = folder
@@ -63,6 +65,7 @@ class InboundAgent:
             "session_timeout_ms": session_timeout_ms,
             "rebalance_timeout_ms": rebalance_timeout_ms,
             "heartbeat_interval_ms": max(100, session_timeout_ms // 3),
+            "group_instance_id": group_instance_id,
         }
         self.topics = list(topics)
         self.batch = batch
@@ -132,7 +135,14 @@ class InboundAgent:
                 offsets: dict[TopicPartition, int] = {}
                 if records:
                     messages = [
-                        InboundMessage(tp.topic, tp.partition, r.offset, r.key, r.value)
+                        InboundMessage(
+                            tp.topic,
+                            tp.partition,
+                            r.offset,
+                            r.key,
+                            r.value,
+                            replayed_from(r.headers) if r.headers else None,
+                        )
                         for tp, batch in records.items()
                         for r in batch
                     ]

@@ -27,6 +27,7 @@ from atp_service.gc_tuning import tune_for_service
 from atp_service.logs import json_logging_config
 from atp_service.store import KeySpace, RedisStore, connect
 from atp_service.store.duty import Duty
+from atp_service.store.replay_marks import ReplayMarks
 from atp_service.store.reservations import ExpirySweeper, ReservationStore
 from stream_agents._folding import BatchAbandoned, BatchFolder
 from stream_agents._kafka import DeadLetterTopic, LazyProducer
@@ -36,10 +37,6 @@ log = logging.getLogger(__name__)
 
 BACKLOG_EVERY_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 5.0
-# Kafka's old default; also how long a killed worker's partitions wait for a new owner.
-# (Tansu answers a join only after half the session or rebalance timeout: 5 s, not 30.)
-SESSION_TIMEOUT_SECONDS = 10.0
-REBALANCE_TIMEOUT_SECONDS = 10.0
 
 
 class WorkerRuntime:
@@ -66,6 +63,7 @@ class WorkerRuntime:
             authority=settings.authority,
             initial_policies=settings.load_channel_policies(),
             should_give_up=lambda: bool(app.should_stop),
+            replay_marks=ReplayMarks(self.redis),
         )
         self.inbound = InboundAgent(
             self.folder,
@@ -74,8 +72,10 @@ class WorkerRuntime:
             topics=INBOUND_TOPICS,
             batch=settings.worker_fold_batch,
             fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
-            session_timeout_ms=int(SESSION_TIMEOUT_SECONDS * 1000),
-            rebalance_timeout_ms=int(REBALANCE_TIMEOUT_SECONDS * 1000),
+            # One figure for both: how long a dead worker's partitions wait (docs/worker.md).
+            session_timeout_ms=settings.worker_session_timeout_ms,
+            rebalance_timeout_ms=settings.worker_session_timeout_ms,
+            group_instance_id=settings.worker_group_instance_id,
             should_give_up=lambda: bool(app.should_stop),
         )
         self.relay = OutboxRelay(

@@ -8,7 +8,9 @@ Choices where the contract is silent (also in docs):
 - Unknown extra fields are ignored (additive evolution inside ``.v1``).
 - A value that is JSON but not an object has no schema: ``unknown_schema``.
 - ``event_id`` is a non-empty string of at most 256 characters; ``source_seq`` an
-  integer from 0 to 2^53-1; ``correlation_id``, ``reason`` and ``reservation_id`` strings.
+  integer from 0 to 2^53-1; ``correlation_id`` and ``reason`` strings of at most 256
+  characters, ``reservation_id`` of at most 128.
+- A value nested deeper than 1024 levels is ``malformed_json`` (orjson's limit).
 - On the two inbound topics the event's ``source`` must be the topic's system
   (``wms.inventory.v1`` carries ``wms``, ``erp.inventory.v1`` carries ``erp``); a message
   replayed from any other topic (e.g. a DLQ replay tool) is not tied to a source.
@@ -51,6 +53,13 @@ TOPIC_SOURCES: Final[Mapping[str, Source]] = {
 }
 
 MAX_EVENT_ID_LENGTH: Final = 256
+#: Free-text and reference fields: a longer value is a producer's bug, not a reason or id.
+MAX_CORRELATION_ID_LENGTH: Final = 256
+MAX_REASON_LENGTH: Final = 256
+MAX_RESERVATION_ID_LENGTH: Final = 128
+#: orjson's nesting limit (its message says so); no inbound message comes near it.
+MAX_JSON_DEPTH: Final = 1024
+_ORJSON_TOO_DEEP: Final = "depth limit exceeded"
 MAX_SNAPSHOT_QUANTITY: Final = 10**15
 MAX_SOURCE_SEQ: Final = 2**53 - 1  # compared exactly by the Lua fold (double precision)
 UNKNOWN_ETA: Final = "unknown"
@@ -141,8 +150,11 @@ def _parse_json(value: bytes | None) -> Any:
         raise DecodeError("malformed_json", "the message has no value")
     try:
         return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith(_ORJSON_TOO_DEEP):
+            raise DecodeError(
+                "malformed_json", f"value is nested deeper than {MAX_JSON_DEPTH} levels"
+            ) from None
     # orjson refuses integers beyond 64 bits; the standard parser says whether that was all.
     try:
         text = value.decode("utf-8")
@@ -152,6 +164,10 @@ def _parse_json(value: bytes | None) -> Any:
         return json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
         raise DecodeError("malformed_json", f"value is not JSON: {exc}") from None
+    except RecursionError:  # deep nesting that orjson let through (it never should)
+        raise DecodeError(
+            "malformed_json", f"value is nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -169,12 +185,18 @@ def _required(body: dict[str, Any], name: str) -> Any:
     return body[name]
 
 
-def _string(body: dict[str, Any], name: str, *, required: bool) -> str | None:
+def _string(
+    body: dict[str, Any], name: str, *, required: bool, max_length: int | None = None
+) -> str | None:
     value = _required(body, name) if required else body.get(name)
     if value is None:
         return None
     if not isinstance(value, str):
         raise _violation(f"field '{name}' must be a string, got {type(value).__name__}")
+    if max_length is not None and len(value) > max_length:
+        raise _violation(
+            f"field '{name}' must have at most {max_length} characters, got {len(value)}"
+        )
     return value
 
 
@@ -203,7 +225,7 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         and type(occurred_at) is str
         and occurred_at in _VALID_TIMES
         and (seq is None or (type(seq) is int and 0 <= seq <= MAX_SOURCE_SEQ))
-        and (corr is None or type(corr) is str)
+        and (corr is None or (type(corr) is str and len(corr) <= MAX_CORRELATION_ID_LENGTH))
     ):
         return _fields(event_id, source, sku, site, occurred_at, seq, corr)
     return _common_checked(body)
@@ -261,7 +283,7 @@ def _common_checked(body: dict[str, Any]) -> dict[str, Any]:
         seq = _integer(seq, "source_seq")
         if not 0 <= seq <= MAX_SOURCE_SEQ:
             raise _violation(f"field 'source_seq' must be between 0 and {MAX_SOURCE_SEQ}")
-    corr = _string(body, "correlation_id", required=False)
+    corr = _string(body, "correlation_id", required=False, max_length=MAX_CORRELATION_ID_LENGTH)
     return _fields(event_id, source, sku, site, occurred_at, seq, corr)
 
 
@@ -307,13 +329,15 @@ def _delta(body: dict[str, Any]) -> InventoryDelta:
     eta = None if eta_value is None else _date(eta_value, "field 'eta'")
     if eta is not None and bucket is not Bucket.IN_TRANSIT:
         raise _violation(f"field 'eta' is for in_transit deltas only, not {bucket.value}")
-    reservation_id = _string(body, "reservation_id", required=False)
+    reservation_id = _string(
+        body, "reservation_id", required=False, max_length=MAX_RESERVATION_ID_LENGTH
+    )
     if reservation_id is not None and bucket is not Bucket.ALLOCATED:
         raise _violation(f"field 'reservation_id' is for allocated deltas only, not {bucket.value}")
     return InventoryDelta(
         bucket=bucket,
         delta=qty,
-        reason=_string(body, "reason", required=False),
+        reason=_string(body, "reason", required=False, max_length=MAX_REASON_LENGTH),
         eta=eta,
         reservation_id=reservation_id,
         **common,

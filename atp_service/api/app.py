@@ -59,8 +59,9 @@ def document_models(app: FastAPI, models: list[type[BaseModel]]) -> None:
 
 
 def serve_routes(app: FastAPI, routers: list[APIRouter]) -> None:
-    """Put the routers' routes in the app's own route table, in order, ahead of FastAPI's
-    documentation routes (matched first: a request tries the routes in order).
+    """Put the routers' routes in the app's own route table, in order, ahead of any route
+    FastAPI added itself (matched first: a request tries the routes in order; the API has
+    none, its documentation is routes/docs.py, but the benchmark's ceiling app does).
 
     Not ``include_router``: since FastAPI 0.130 an included router stays a router of its own
     (``_IncludedRouter``) that matches each request against its routes twice (once to be
@@ -119,6 +120,10 @@ def create_app(
         summary="Available-to-promise inventory: availability, reservations, policies.",
         lifespan=lifespan,
         telemetry=telemetry_config(settings),
+        # The document and Swagger UI are served by routes/docs.py, from local assets.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.atp = state
     install_error_handlers(app, retry_after=settings.redis_retry_after_seconds)

@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
+from atp_service.api.errors import is_json_media_type
+
 M = TypeVar("M", bound=BaseModel)
 
 _NOT_AN_OBJECT = "Input should be a valid dictionary or object to extract fields from"
@@ -30,14 +32,6 @@ def documented_body(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    kind = content_type.split(";", 1)[0].strip().lower()
-    main, _, sub = kind.partition("/")
-    return main == "application" and (sub == "json" or sub.endswith("+json"))
-
-
 async def json_body(
     request: Request, model: type[M], errors: list[dict[str, Any]] | None = None
 ) -> M:
@@ -48,8 +42,8 @@ async def json_body(
     body: M | None = None
     if not raw:
         found.append({"type": "missing", "loc": ("body",), "msg": "Field required", "input": None})
-    elif not _is_json(request.headers.get("content-type")):
-        # FastAPI reads such a body as bytes, which no model accepts.
+    elif not is_json_media_type(request.headers.get("content-type")):
+        # FastAPI reads such a body as bytes, which no model accepts (errors.py: a 415).
         found.append({"type": "model_attributes_type", "loc": ("body",), "msg": _NOT_AN_OBJECT})
     else:
         try:

@@ -152,6 +152,33 @@ def body_not_json(cause: ValueError) -> Response:
     )
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """``application/json`` or ``application/<anything>+json``, parameters aside."""
+    if not content_type:
+        return False
+    kind = content_type.split(";", 1)[0].strip().lower()
+    main, _, sub = kind.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+def _body_read_as_bytes(errors: Sequence[Any]) -> bool:
+    """FastAPI (and ``bodies.json_body``) read a body that is not JSON by its content type
+    as bytes, which no model takes: this error, on the body itself."""
+    return any(
+        e.get("type") == "model_attributes_type" and tuple(e.get("loc", ())) == ("body",)
+        for e in errors
+    )
+
+
+def unsupported_media_type(content_type: str | None) -> Response:
+    sent = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+    return problem_response(
+        415,
+        "unsupported_media_type",
+        f"the request body must be JSON (Content-Type: application/json); it came with {sent}",
+    )
+
+
 def store_unavailable(retry_after: int) -> Response:
     return problem_response(
         503,
@@ -211,6 +238,9 @@ def install_error_handlers(app: FastAPI, *, retry_after: int) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
+        content_type = request.headers.get("content-type")
+        if not is_json_media_type(content_type) and _body_read_as_bytes(exc.errors()):
+            return unsupported_media_type(content_type)
         return validation_problem(exc.errors())
 
     redis_errors = metrics.REDIS_ERRORS.labels("api")

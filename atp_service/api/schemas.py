@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
 from atp_service.domain import ChannelPolicy
-from atp_service.domain.model import CHANNEL_PATTERN, MAX_ABS_DELTA, SITE_PATTERN, SKU_PATTERN
+from atp_service.domain.model import (
+    CHANNEL_PATTERN,
+    EMPTY_SITES,
+    MAX_ABS_DELTA,
+    SITE_PATTERN,
+    SKU_PATTERN,
+)
 
 # Anchored for pydantic, which searches rather than matches (its engine's `$` is end of text).
 SKU_REGEX = f"^(?:{SKU_PATTERN})$"
@@ -110,12 +125,22 @@ class ChannelPolicyBody(BaseModel):
     )
 
     sites: list[SiteCode] | None = Field(
-        default=None, description="Sites the channel may sell from; null: every site."
+        default=None,
+        min_length=1,
+        description="Sites the channel may sell from (at least one); null: every site. "
+        "To stop a channel promising, give it `share` 0 and no in-transit.",
     )
     safety_stock: Annotated[StrictInt, Field(ge=0, le=MAX_QUANTITY)] = 0
     share: Annotated[StrictInt, Field(ge=0, le=100)] = 100
     include_in_transit: StrictBool = False
     in_transit_horizon_days: Annotated[StrictInt, Field(ge=0, le=MAX_HORIZON_DAYS)] = 0
+
+    @field_validator("sites", mode="before")
+    @classmethod
+    def _sites_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise PydanticCustomError("too_short", EMPTY_SITES)
+        return value
 
     def to_policy(self) -> ChannelPolicy:
         return ChannelPolicy(
@@ -228,6 +253,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "Missing or unknown API key"),
         (403, "The key lacks the scope"),
         (413, "The request body is over the size limit"),
+        (415, "The request body is not JSON by its Content-Type"),
         (422, "Invalid request; `errors` names each field"),
         (429, "The API key is over its rate limit; see Retry-After"),
         (503, "The store is unreachable; see Retry-After"),

@@ -94,9 +94,21 @@ class ItemSitePosition:
         return self.on_hand - self.allocated - self.quarantined - self.reserved
 
 
+#: Why a channel policy with ``"sites": []`` is refused.
+EMPTY_SITES: Final = (
+    "sites must name at least one site (null: every site); a channel that should promise "
+    "nothing takes share 0 and include_in_transit false"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelPolicy:
-    """What a sales channel may promise (contract section 2, channel policy)."""
+    """What a sales channel may promise (contract section 2, channel policy).
+
+    ``sites`` is never empty where a policy is configured (the API and the channels file
+    refuse it with ``EMPTY_SITES``): null means every site, and "sells nothing" is said
+    with ``share`` 0 and no in-transit.
+    """
 
     sites: tuple[str, ...] | None = None  # None: every site
     safety_stock: int = 0

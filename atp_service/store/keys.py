@@ -40,6 +40,8 @@ POLICIES = f"{PREFIX}:policies"  # hash: channel -> policy JSON
 POLICIES_VERSION = f"{PREFIX}:policies:v"  # counter bumped on every policy change
 SITES = f"{PREFIX}:sites"  # set of every site ever folded
 RELAY_GROUP = "relay"  # consumer group reading the outbox streams
+# hash: "<partition>:<offset>" of a dead letter in inventory.dlq.v1 -> its replay mark (dlq.py)
+DLQ_REPLAYED = f"{PREFIX}:dlq:replayed"
 #: Pub/sub channel on which every script that changes a position publishes it as it now is
 #: (``announce`` in lua/_lib.lua, which spells it out too); position_cache.py follows it.
 CHANGES_CHANNEL = f"{PREFIX}:changes"

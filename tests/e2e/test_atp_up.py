@@ -108,6 +108,14 @@ def test_atp_up_demo_serves_moving_availability_and_stops_everything_on_ctrl_c(
         assert sum(later) > sum(first)
         assert len(processes_using(redis_url)) == 3  # worker, API, simulator
 
+        # Every port it moved is in .atp/env, and the keys by role.
+        env = (tmp_path / "atp" / "env").read_text()
+        assert f"export ATP_REDIS_URL='{redis_url}'" in env
+        assert f"export ATP_KAFKA_BROKERS='127.0.0.1:{ports['kafka']}'" in env
+        assert f"export ATP_API_URL='http://127.0.0.1:{ports['api']}'" in env
+        assert f"export ATP_WORKER_METRICS_PORT='{ports['worker-metrics']}'" in env
+        assert f"export ATP_STOREFRONT_KEY='{match.group(1)}'" in env
+
         proc.send_signal(signal.SIGINT)
         assert proc.wait(STOP_DEADLINE) == 0, output.text
     finally:

@@ -136,6 +136,39 @@ async def test_an_invalid_policy_is_422_naming_the_field(
     assert [e["field"] for e in response.json()["errors"]] == [field]
 
 
+async def test_a_policy_with_no_sites_at_all_is_refused_saying_what_to_send_instead(
+    api: Api,
+) -> None:
+    response = await put_policy(api, "web", {"sites": []})
+
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["field"] == "body.sites"
+    assert "at least one site" in error["message"] and "share 0" in error["message"]
+
+
+async def test_an_empty_policy_body_resets_the_channel_to_the_defaults(api: Api) -> None:
+    await put_policy(api, "web", {"sites": ["DC-1"], "safety_stock": 3, "share": 20})
+
+    response = await put_policy(api, "web", {})
+
+    assert response.status_code == 200
+    assert {k: v for k, v in response.json().items() if k in DEFAULT_POLICY} == DEFAULT_POLICY
+    listed = await api.client.get("/v1/policies/channels", headers=ADMIN)
+    assert listed.json()["channels"]["web"] == DEFAULT_POLICY
+
+
+async def test_a_policy_body_that_is_not_json_by_its_content_type_is_415(api: Api) -> None:
+    response = await api.client.put(
+        "/v1/policies/channels/web",
+        content=b'{"share": 10}',
+        headers={**ADMIN, "Content-Type": "text/plain"},
+    )
+
+    assert response.status_code == 415
+    assert response.json()["code"] == "unsupported_media_type"
+
+
 async def test_a_safety_stock_override_beats_the_channel_safety_stock(api: Api) -> None:
     sku = random_sku()
     await api.receive(sku, "DC-1", 10)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import atp_service
 from atp_service.api import server
 from atp_service.api.server import serve
 from atp_service.config import Settings
@@ -22,7 +23,8 @@ async def api() -> AsyncIterator[Api]:
 async def test_healthz_says_the_process_is_alive(api: Api) -> None:
     response = await api.client.get("/healthz")
 
-    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "version": atp_service.__version__}
 
 
 async def test_readyz_is_200_while_the_store_answers(api: Api) -> None:

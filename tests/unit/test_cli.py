@@ -125,3 +125,33 @@ def test_a_dead_childs_log_shows_its_traceback(tmp_path: Path) -> None:
     shown = log_tail(log)
     assert "FileNotFoundError" in shown
     assert "info 49" not in log_tail(log, lines=3)
+
+
+def test_topics_create_takes_partitions_for_the_inbound_and_events_topics() -> None:
+    args = build_parser().parse_args(["topics", "create"])
+    assert (args.partitions, args.dlq_partitions, args.replication_factor) == (8, 3, 1)
+    moved = build_parser().parse_args(
+        ["topics", "create", "--partitions", "24", "--replication-factor", "3"]
+    )
+    assert (moved.partitions, moved.dlq_partitions, moved.replication_factor) == (24, 3, 3)
+
+
+def test_dlq_replay_may_be_a_dry_run_and_its_help_explains_the_listing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = build_parser().parse_args(["dlq", "replay", "--dry-run", "--since", "1h"])
+    assert (args.action, args.dry_run, args.since) == ("replay", True, "1h")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["dlq", "--help"])
+    shown = capsys.readouterr().out
+    for column in ("LETTER", "DEAD-LETTERED", "CODE", "FROM", "KEY", "REPLAYED", "DETAIL"):
+        assert column in shown
+    assert "yesterday" in shown
+
+
+def test_a_since_nobody_can_read_is_a_one_line_error_naming_the_forms(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["dlq", "list", "--since", "last tuesday"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "2026-12-01T10:00Z" in error

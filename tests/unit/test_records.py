@@ -159,6 +159,16 @@ def test_what_is_not_json_is_malformed_json(raw: bytes | None) -> None:
     assert refusal(raw).code == "malformed_json"
 
 
+@pytest.mark.parametrize(
+    "raw", [b"[" * 100_000, b"[" * 2_000 + b"]" * 2_000, b'{"a":' * 5_000 + b"1" + b"}" * 5_000]
+)
+def test_a_value_nested_too_deep_is_malformed_json_not_an_internal_error(raw: bytes) -> None:
+    refused = refusal(raw)
+
+    assert refused.code == "malformed_json"
+    assert "nested deeper than 1024 levels" in refused.detail
+
+
 # -- unknown_schema -----------------------------------------------------------------------------
 
 
@@ -215,6 +225,22 @@ def test_a_delta_with_a_missing_or_ill_typed_field_is_a_schema_violation(
     changes: dict[str, Any],
 ) -> None:
     assert refusal(delta_body(**changes)).code == "schema_violation"
+
+
+@pytest.mark.parametrize(
+    ("field", "limit"), [("correlation_id", 256), ("reason", 256), ("reservation_id", 128)]
+)
+def test_a_reference_or_reason_longer_than_its_limit_is_a_schema_violation(
+    field: str, limit: int
+) -> None:
+    bucket = {"bucket": "allocated"} if field == "reservation_id" else {}
+    at_limit = delta_body(**bucket, **{field: "x" * limit})
+    megabyte = delta_body(**bucket, **{field: "x" * 1_000_000})
+
+    assert isinstance(decoded(at_limit), InventoryDelta)
+    refused = refusal(megabyte)
+    assert refused.code == "schema_violation"
+    assert f"field '{field}' must have at most {limit} characters" in refused.detail
 
 
 def test_a_delta_exactly_at_the_limit_is_accepted() -> None:

@@ -61,9 +61,12 @@ def change_body(change: PolicyChange | None) -> dict[str, Any]:
     responses=UNROUTABLE_PATH,
     response_model=ChannelPolicyOut,
     summary="Replace a channel's policy",
-    description="The body is the whole policy; omitted fields take their defaults. It "
-    "applies at once in this process and within about a second everywhere; the record "
-    "keeps who put it in force (`changed_by`, the name of the API key). Events "
+    description="The body is the whole policy; omitted fields take their defaults, so "
+    "`{}` resets the channel to the default policy (every site, no safety stock, 100 % "
+    "share, no in-transit). `sites` names at least one site or is null (every site); `[]` "
+    "is refused (422): a channel that should promise nothing takes `share` 0 and no "
+    "in-transit. It applies at once in this process and within about a second everywhere; "
+    "the record keeps who put it in force (`changed_by`, the name of the API key). Events "
     "already folded are not re-published: `availability.changed` follows the next "
     "change of each item-site.",
 )

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from atp_service import __version__
 from atp_service.api.deps import StateDep
 from atp_service.api.errors import store_unavailable
 from atp_service.api.state import STORE_ERRORS
@@ -16,9 +17,9 @@ from atp_service.api.state import STORE_ERRORS
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="The process is alive")
+@router.get("/healthz", summary="The process is alive, and its version")
 async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+    return {"status": "ok", "version": __version__}
 
 
 @router.get(
