@@ -16,6 +16,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
+from atp_service.config import SiteSpec
 from atp_service.domain import ChannelPolicy
 from atp_service.domain.model import (
     CHANNEL_PATTERN,
@@ -23,6 +24,7 @@ from atp_service.domain.model import (
     MAX_ABS_DELTA,
     SITE_PATTERN,
     SKU_PATTERN,
+    ZONE_PATTERN,
 )
 
 # Anchored for pydantic, which searches rather than matches (its engine's `$` is end of text).
@@ -33,6 +35,8 @@ CHANNEL_REGEX = f"^(?:{CHANNEL_PATTERN})$"
 Sku = Annotated[str, StringConstraints(pattern=SKU_REGEX)]
 SiteCode = Annotated[str, StringConstraints(pattern=SITE_REGEX)]
 Channel = Annotated[str, StringConstraints(pattern=CHANNEL_REGEX)]
+ZONE_REGEX = f"^(?:{ZONE_PATTERN})$"
+Zone = Annotated[str, StringConstraints(pattern=ZONE_REGEX)]
 
 MAX_BATCH_ITEMS = 1000
 MAX_QUANTITY = MAX_ABS_DELTA
@@ -226,6 +230,50 @@ class SafetyStockOut(BaseModel):
     changed_by: str = Field(
         description="The name of the API key that made the change (also in the events)."
     )
+
+
+# -- sites -------------------------------------------------------------------------------------
+
+
+class SiteAttributesOut(SiteSpec):
+    """A site's attributes as they are in force (``default_transit_days`` resolved)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    default_transit_days: int | None = Field(
+        description="Days to zones not in `transit_days`; null: the site does not deliver there."
+    )
+
+
+class SiteOut(SiteAttributesOut):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "site": "DC-EAST",
+                    "priority": 10,
+                    "handling_days": 1,
+                    "cutoff": "15:00",
+                    "closed_weekdays": [7],
+                    "transit_days": {"US-EAST": 1, "US-WEST": 4},
+                    "default_transit_days": None,
+                    "version": 3,
+                }
+            ]
+        },
+    )
+
+    site: str
+    version: int = Field(description="Version of the whole site book after this change.")
+
+
+class Sites(BaseModel):
+    version: int = Field(description="Increases with every change of a site's attributes.")
+    default: SiteAttributesOut = Field(
+        description="The attributes of every site not listed in `sites`."
+    )
+    sites: dict[str, SiteAttributesOut]
 
 
 # -- problems ----------------------------------------------------------------------------------

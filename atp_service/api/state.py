@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -21,7 +22,7 @@ from atp_service.api.auth import KeyRing
 from atp_service.api.limits import RateLimiter, limits_of
 from atp_service.api.middleware import ACCESS_LOG
 from atp_service.config import EVENTS_TOPIC, Settings
-from atp_service.domain import ChannelPolicy
+from atp_service.domain import ChannelPolicy, SiteAttributes, SiteBook
 from atp_service.events import KafkaPublisher, OutboxRelay, PublishStalled, relay_consumer_name
 from atp_service.store import KeySpace, PolicyBook, RedisStore, StoreUnavailable
 from atp_service.store.duty import Duty
@@ -63,6 +64,12 @@ class ApiState:
         self.policies_loaded = False
         #: Every site ever folded (sorted), for channels whose policy names none.
         self.sites: tuple[str, ...] = ()
+        self.seed_sites: dict[str, SiteAttributes] = settings.load_sites()
+        #: The sites' attributes (the promise's ship nodes), refreshed like the policy book.
+        self.site_book = SiteBook()
+        self.site_book_loaded = False
+        #: The time the promise plans from (UTC); tests fix it.
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self.kafka_connected = False
         self.stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -74,6 +81,8 @@ class ApiState:
         self.stop = asyncio.Event()
         self.book = PolicyBook.of({})
         self.policies_loaded = False
+        self.site_book = SiteBook()
+        self.site_book_loaded = False
         self._redis = client
         self._store = RedisStore(
             client,
@@ -146,6 +155,28 @@ class ApiState:
             self.book = book
             self.policies_loaded = True
 
+    async def ensure_site_book(self) -> SiteBook:
+        """The site book, loading it first if no refresh has succeeded yet."""
+        if not self.site_book_loaded:
+            await self.refresh_site_book()
+        return self.site_book
+
+    async def refresh_site_book(self) -> None:
+        """As ``refresh_policies``, for the sites' attributes (``ATP_SITES_FILE`` seeds)."""
+        store = self.store
+        remote = await store.site_book_version()
+        reset = remote < self.site_book.version or (remote == 0 and bool(self.seed_sites))
+        if not self.site_book_loaded or reset:
+            await store.seed_sites(self.seed_sites)
+            self.install_site_book(await store.site_book(), force=True)
+        elif remote != self.site_book.version:
+            self.install_site_book(await store.site_book())
+
+    def install_site_book(self, book: SiteBook, *, force: bool = False) -> None:
+        if force or book.version >= self.site_book.version:
+            self.site_book = book
+            self.site_book_loaded = True
+
     async def refresh_sites(self) -> None:
         self.sites = tuple(await self.store.known_sites())
 
@@ -156,6 +187,7 @@ class ApiState:
         while not stop.is_set():
             try:
                 await self.refresh_policies()
+                await self.refresh_site_book()
                 if loop.time() >= next_sites:
                     await self.refresh_sites()
                     next_sites = loop.time() + SITES_POLL_SECONDS

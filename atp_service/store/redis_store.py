@@ -27,6 +27,8 @@ from atp_service.domain import (
     InventorySnapshot,
     ItemSite,
     ItemSitePosition,
+    SiteAttributes,
+    SiteBook,
 )
 from atp_service.store import keys as k
 from atp_service.store._packing import with_hiredis_packing
@@ -267,6 +269,10 @@ def policy_from_json(text: str) -> ChannelPolicy:
     )
 
 
+def _site_json(attributes: SiteAttributes) -> str:
+    return json.dumps(attributes.to_mapping(), separators=(",", ":"))
+
+
 def position_from_hash(raw: dict[str, str]) -> ItemSitePosition:
     """Decode a position hash (see keys.py for the field names)."""
     in_transit: dict[date | None, int] = {}
@@ -491,17 +497,14 @@ class RedisStore:
     # -- channel policies and safety stock ---------------------------------------------------
 
     async def policy_book(self) -> PolicyBook:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.get(k.POLICIES_VERSION)
-        pipe.hgetall(k.POLICIES)
-        version, raw = await pipe.execute()
+        version, raw = await self._read_versioned(k.POLICIES, k.POLICIES_VERSION)
         policies = {name: policy_from_json(text) for name, text in raw.items()}
         changes = {
             name: change
             for name, text in raw.items()
             if (change := policy_change_from_json(text)) is not None
         }
-        return PolicyBook.of(policies, int(version or 0), changes)
+        return PolicyBook.of(policies, version, changes)
 
     async def policies_version(self) -> int:
         return int(await self.redis.get(k.POLICIES_VERSION) or 0)
@@ -512,20 +515,65 @@ class RedisStore:
         """Store a channel's policy, put in force by ``changed_by`` (the name of the admin's
         API key, kept in the record); returns the new policies version."""
         change = PolicyChange(changed_by, int(time.time() * 1000))
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(k.POLICIES, channel, policy_to_json(policy, change))
-        pipe.incr(k.POLICIES_VERSION)
-        _, version = await pipe.execute()
-        return int(version)
+        return await self._put_versioned(
+            k.POLICIES, k.POLICIES_VERSION, channel, policy_to_json(policy, change)
+        )
 
     async def seed_channel_policies(self, policies: dict[str, ChannelPolicy]) -> None:
         """Install initial policies for channels that have none yet (an admin's change wins)."""
-        if not policies:
+        await self._seed_versioned(
+            k.POLICIES,
+            k.POLICIES_VERSION,
+            {name: policy_to_json(policy) for name, policy in policies.items()},
+        )
+
+    # -- site attributes (the promise's ship nodes) ------------------------------------------
+
+    async def site_book(self) -> SiteBook:
+        version, raw = await self._read_versioned(k.SITE_ATTRIBUTES, k.SITE_ATTRIBUTES_VERSION)
+        sites = {site: SiteAttributes.from_mapping(json.loads(text)) for site, text in raw.items()}
+        return SiteBook(sites, version)
+
+    async def site_book_version(self) -> int:
+        return int(await self.redis.get(k.SITE_ATTRIBUTES_VERSION) or 0)
+
+    async def put_site(self, site: str, attributes: SiteAttributes) -> int:
+        """Store a site's attributes; returns the new version of the site book."""
+        return await self._put_versioned(
+            k.SITE_ATTRIBUTES, k.SITE_ATTRIBUTES_VERSION, site, _site_json(attributes)
+        )
+
+    async def seed_sites(self, sites: dict[str, SiteAttributes]) -> None:
+        """Install initial attributes for sites that have none yet (an admin's change wins)."""
+        await self._seed_versioned(
+            k.SITE_ATTRIBUTES,
+            k.SITE_ATTRIBUTES_VERSION,
+            {site: _site_json(attributes) for site, attributes in sites.items()},
+        )
+
+    # -- versioned tables: a hash of JSON entries and a counter bumped by every change -------
+
+    async def _read_versioned(self, table: str, version: str) -> tuple[int, dict[str, str]]:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.get(version)
+        pipe.hgetall(table)
+        number, raw = await pipe.execute()
+        return int(number or 0), raw
+
+    async def _put_versioned(self, table: str, version: str, name: str, text: str) -> int:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(table, name, text)
+        pipe.incr(version)
+        _, number = await pipe.execute()
+        return int(number)
+
+    async def _seed_versioned(self, table: str, version: str, entries: dict[str, str]) -> None:
+        if not entries:
             return
         pipe = self.redis.pipeline(transaction=True)
-        for name, policy in policies.items():
-            pipe.hsetnx(k.POLICIES, name, policy_to_json(policy))
-        pipe.incr(k.POLICIES_VERSION)
+        for name, text in entries.items():
+            pipe.hsetnx(table, name, text)
+        pipe.incr(version)
         await pipe.execute()
 
     async def set_safety_stock(
