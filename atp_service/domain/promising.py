@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 
@@ -131,13 +131,15 @@ class _Lot:
     delivery_date: date
 
 
-@dataclass(slots=True)
 class _Offer:
     """One candidate site of one line: its lots (shared by every line of the same sku)."""
 
-    site: str
-    rank: tuple[int, str]  # priority order
-    lots: list[_Lot] = field(default_factory=list)
+    __slots__ = ("lots", "rank", "site")
+
+    def __init__(self, site: str, rank: tuple[int, str], lots: list[_Lot]) -> None:
+        self.site = site
+        self.rank = rank  # priority order
+        self.lots = lots
 
     def by(self, day: date | None) -> int:
         """Units left that are delivered on or before ``day`` (None: all of them)."""
@@ -168,8 +170,22 @@ class _Planner:
         self.sites = sites
         self.now = now
         self.today = now.date()
-        self._lots: dict[ItemSite, list[_Lot]] = {}
+        self._lots: dict[tuple[str, str], list[_Lot]] = {}
         self._dates: dict[tuple[str, date | None], tuple[date, date]] = {}
+        #: Per site: its priority order and days to ``ship_to``; None: a line may not use it.
+        self._sites: dict[str, tuple[tuple[int, str], int] | None] = {}
+
+    def usable(self, site: str) -> tuple[tuple[int, str], int] | None:
+        if site in self._sites:
+            return self._sites[site]
+        attributes = self.sites.of(site)
+        transit = attributes.transit_to(self.request.ship_to)
+        found = self._sites[site] = (
+            ((attributes.priority, site), transit)
+            if transit is not None and self.request.policy.sells_from(site)
+            else None
+        )
+        return found
 
     def dates(self, site: str, eta: date | None, transit: int) -> tuple[date, date]:
         """(ship date, delivery date) of the site's stock (``eta`` None) or of inbound."""
@@ -186,21 +202,20 @@ class _Planner:
 
     def offer(self, sku: str, site: str) -> _Offer | None:
         """The site's offer for ``sku``, or None when the line may not use the site."""
-        request = self.request
-        attributes = self.sites.of(site)
-        transit = attributes.transit_to(request.ship_to)
-        if transit is None or not request.policy.sells_from(site):
+        usable = self.usable(site)
+        if usable is None:
             return None
-        item = ItemSite(sku, site)
-        lots = self._lots.get(item)
+        rank, transit = usable
+        key = (sku, site)
+        lots = self._lots.get(key)
         if lots is None:
-            position = self.positions.get(item)
-            lots = self._lots[item] = []
+            position = self.positions.get(ItemSite(sku, site))
+            lots = self._lots[key] = []
             if position is not None:
-                for lot in site_supply(position, request.policy, self.today):
-                    ship, delivery = self.dates(site, lot.eta, transit)
-                    lots.append(_Lot(lot.qty, lot.kind, lot.eta, ship, delivery))
-        return _Offer(site, (attributes.priority, site), lots)
+                for qty, kind, eta in site_supply(position, self.request.policy, self.today):
+                    ship, delivery = self.dates(site, eta, transit)
+                    lots.append(_Lot(qty, kind, eta, ship, delivery))
+        return _Offer(site, rank, lots)
 
     def line(self, line: PromiseLine) -> LinePromise:
         request = self.request

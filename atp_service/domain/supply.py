@@ -11,9 +11,9 @@ not): a unit without a date cannot be promised for a date, so no lot holds it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
 from atp_service.domain.atp import channel_stock, inbound_within_horizon
 from atp_service.domain.model import ChannelPolicy, ItemSitePosition
@@ -24,13 +24,16 @@ class SupplyKind(StrEnum):
     IN_TRANSIT = "in_transit"
 
 
-@dataclass(frozen=True, slots=True)
-class SupplyLot:
-    """``qty`` units of one kind; inbound carries its ETA (``None`` for stock)."""
+class SupplyLot(NamedTuple):
+    """``qty`` units of one kind; inbound carries its ETA (``None`` for stock). A tuple: a
+    promise makes one per item-site it looks at."""
 
     qty: int
     kind: SupplyKind
     eta: date | None = None
+
+
+_NONE: tuple[SupplyLot, ...] = ()
 
 
 def site_supply(
@@ -44,30 +47,36 @@ def site_supply(
     earliest dated inbound too, with the owed units.
     """
     stock = channel_stock(position, policy)
-    lots: list[SupplyLot] = []
-    if stock > 0:
-        lots.append(SupplyLot(stock, SupplyKind.ON_HAND))
-    if not policy.include_in_transit:
-        return tuple(lots)
+    lots = (SupplyLot(stock, SupplyKind.ON_HAND),) if stock > 0 else _NONE
+    by_eta = position.in_transit_by_eta
+    if not by_eta or not policy.include_in_transit:
+        return lots
     owed = max(0, -stock)
-    # Never more than atp_for_site's inbound part, whatever the lines look like.
-    left = inbound_within_horizon(position, policy, today) - owed
-    if left <= 0:
-        return tuple(lots)
     horizon = policy.in_transit_horizon_days
     last_eta = today + timedelta(days=horizon) if horizon else date.max
     dated: list[tuple[date, int]] = []
-    for eta, qty in position.in_transit_by_eta.items():
+    for eta, qty in by_eta.items():
         if qty < 0 and not horizon:
             owed -= qty
         elif qty > 0 and eta is not None and eta <= last_eta:
             dated.append((eta, qty))
+    if not dated:
+        return lots
+    # Never more than atp_for_site's inbound part, whatever the lines look like (with a
+    # horizon, that part is the dated lines inside it: what ``dated`` holds).
+    total = (
+        sum(qty for _, qty in dated) if horizon else inbound_within_horizon(position, policy, today)
+    )
+    left = total - max(0, -stock)
     dated.sort()
+    inbound: list[SupplyLot] = []
     for eta, qty in dated:
+        if left <= 0:
+            break
         taken = min(qty, owed)
         owed -= taken
         qty = min(qty - taken, left)
         if qty > 0:
             left -= qty
-            lots.append(SupplyLot(qty, SupplyKind.IN_TRANSIT, eta))
-    return tuple(lots)
+            inbound.append(SupplyLot(qty, SupplyKind.IN_TRANSIT, eta))
+    return (*lots, *inbound)
