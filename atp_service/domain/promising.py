@@ -96,7 +96,7 @@ class LinePromise:
         return max((f.delivery_date for f in self.fulfilments), default=None)
 
     def allocations(self) -> dict[str, int]:
-        """Units per site (what a reservation holds), in the order the sites were filled."""
+        """Units per site (what a reservation holds), in the order of the fulfilments."""
         per_site: dict[str, int] = {}
         for f in self.fulfilments:
             per_site[f.site] = per_site.get(f.site, 0) + f.qty
