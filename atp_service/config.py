@@ -70,6 +70,15 @@ class ApiKeySpec(BaseModel):
         return hashlib.sha256(self.key.encode()).hexdigest()
 
 
+#: The contract's example of a site's attributes (the OpenAPI document shows it).
+SITE_EXAMPLE: dict[str, Any] = {
+    "priority": 10,
+    "handling_days": 1,
+    "cutoff": "15:00",
+    "closed_weekdays": [7],
+    "transit_days": {"US-EAST": 1, "US-WEST": 4},
+    "default_transit_days": None,
+}
 _CUTOFF_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 _Days = Annotated[StrictInt, Field(ge=0, le=MAX_DAYS)]
 
@@ -78,21 +87,7 @@ class SiteSpec(BaseModel):
     """A site's attributes as ``ATP_SITES_FILE`` and ``PUT /v1/sites/{site}`` give them: the
     whole of them, omitted fields taking their defaults, unknown fields refused."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "priority": 10,
-                    "handling_days": 1,
-                    "cutoff": "15:00",
-                    "closed_weekdays": [7],
-                    "transit_days": {"US-EAST": 1, "US-WEST": 4},
-                    "default_transit_days": None,
-                }
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SITE_EXAMPLE]})
 
     priority: Annotated[StrictInt, Field(ge=0, le=MAX_PRIORITY)] = Field(
         default=DEFAULT_PRIORITY, description="Lower sources first under `priority`."

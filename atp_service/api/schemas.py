@@ -16,7 +16,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
-from atp_service.config import SiteSpec
+from atp_service.config import SITE_EXAMPLE, SiteSpec
 from atp_service.domain import ChannelPolicy
 from atp_service.domain.model import (
     CHANNEL_PATTERN,
@@ -248,20 +248,7 @@ class SiteAttributesOut(SiteSpec):
 class SiteOut(SiteAttributesOut):
     model_config = ConfigDict(
         extra="ignore",
-        json_schema_extra={
-            "examples": [
-                {
-                    "site": "DC-EAST",
-                    "priority": 10,
-                    "handling_days": 1,
-                    "cutoff": "15:00",
-                    "closed_weekdays": [7],
-                    "transit_days": {"US-EAST": 1, "US-WEST": 4},
-                    "default_transit_days": None,
-                    "version": 3,
-                }
-            ]
-        },
+        json_schema_extra={"examples": [{"site": "DC-EAST", **SITE_EXAMPLE, "version": 3}]},
     )
 
     site: str

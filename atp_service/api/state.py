@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -40,6 +40,8 @@ ACCESS_LOG_FLUSH_SECONDS = 0.1
 SITES_POLL_SECONDS = 1.0
 _KAFKA_RETRY_MAX_SECONDS = 5.0
 _PRODUCER_STOP_SECONDS = 5.0
+
+B = TypeVar("B")
 
 #: A background task: runs until ``stop`` is set (or it is cancelled).
 BackgroundTask = Callable[["ApiState", asyncio.Event], Awaitable[None]]
@@ -140,14 +142,16 @@ class ApiState:
     async def refresh_policies(self) -> None:
         """Reload the book when its version moved; re-seed when the dataset was reset."""
         store = self.store
-        remote = await store.policies_version()
-        reset = remote < self.book.version or (remote == 0 and bool(self.seed_policies))
-        if not self.policies_loaded or reset:
-            # First load, or Redis came back empty (restarted without persistence).
-            await store.seed_channel_policies(self.seed_policies)
-            self.install_book(await store.policy_book(), force=True)
-        elif remote != self.book.version:
-            self.install_book(await store.policy_book())
+        found = await _reloaded(
+            loaded=self.policies_loaded,
+            version=self.book.version,
+            seeded=bool(self.seed_policies),
+            remote_version=store.policies_version,
+            seed=lambda: store.seed_channel_policies(self.seed_policies),
+            load=store.policy_book,
+        )
+        if found is not None:
+            self.install_book(found[0], force=found[1])
 
     def install_book(self, book: PolicyBook, *, force: bool = False) -> None:
         """Use ``book`` from now on, unless it is older than the one in use."""
@@ -164,13 +168,16 @@ class ApiState:
     async def refresh_site_book(self) -> None:
         """As ``refresh_policies``, for the sites' attributes (``ATP_SITES_FILE`` seeds)."""
         store = self.store
-        remote = await store.site_book_version()
-        reset = remote < self.site_book.version or (remote == 0 and bool(self.seed_sites))
-        if not self.site_book_loaded or reset:
-            await store.seed_sites(self.seed_sites)
-            self.install_site_book(await store.site_book(), force=True)
-        elif remote != self.site_book.version:
-            self.install_site_book(await store.site_book())
+        found = await _reloaded(
+            loaded=self.site_book_loaded,
+            version=self.site_book.version,
+            seeded=bool(self.seed_sites),
+            remote_version=store.site_book_version,
+            seed=lambda: store.seed_sites(self.seed_sites),
+            load=store.site_book,
+        )
+        if found is not None:
+            self.install_site_book(found[0], force=found[1])
 
     def install_site_book(self, book: SiteBook, *, force: bool = False) -> None:
         if force or book.version >= self.site_book.version:
@@ -284,6 +291,29 @@ class ApiState:
             with contextlib.suppress(BaseException):
                 await task
         self._tasks.clear()
+
+
+async def _reloaded(
+    *,
+    loaded: bool,
+    version: int,
+    seeded: bool,
+    remote_version: Callable[[], Awaitable[int]],
+    seed: Callable[[], Awaitable[None]],
+    load: Callable[[], Awaitable[B]],
+) -> tuple[B, bool] | None:
+    """A versioned table of Redis held here (the policy book, the site book): (the table, and
+    whether to install it whatever its version) when it must be loaded, else None. Its first
+    load, or a dataset that lost it (Redis restarted without persistence: its version went
+    back, or to 0 while there are seeds), seeds it from configuration first."""
+    remote = await remote_version()
+    reset = remote < version or (remote == 0 and seeded)
+    if not loaded or reset:
+        await seed()
+        return await load(), True
+    if remote != version:
+        return await load(), False
+    return None
 
 
 async def _flush_access_log(stop: asyncio.Event) -> None:
