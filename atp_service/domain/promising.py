@@ -30,7 +30,7 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from atp_service.domain.model import ChannelPolicy, ItemSite, ItemSitePosition
-from atp_service.domain.sites import SiteBook
+from atp_service.domain.sites import MAX_DAYS, SiteBook
 from atp_service.domain.supply import SupplyKind, site_supply
 
 
@@ -155,6 +155,11 @@ class _Offer:
         return None
 
 
+#: Inbound due later than this cannot be dated: handling (at most MAX_DAYS shipping days,
+#: one open weekday at least) and transit (MAX_DAYS) would run past ``date.max``.
+_LAST_DATABLE_ETA = date.max - timedelta(days=7 * MAX_DAYS + MAX_DAYS + 7)
+
+
 class _Planner:
     """One plan: lots made once per item-site, taken from as the lines go."""
 
@@ -213,6 +218,8 @@ class _Planner:
             lots = self._lots[key] = []
             if position is not None:
                 for qty, kind, eta in site_supply(position, self.request.policy, self.today):
+                    if eta is not None and eta > _LAST_DATABLE_ETA:
+                        break  # its dates would pass the calendar's end (and later ones too)
                     ship, delivery = self.dates(site, eta, transit)
                     lots.append(_Lot(qty, kind, eta, ship, delivery))
         return _Offer(site, rank, lots)

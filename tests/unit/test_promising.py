@@ -239,6 +239,18 @@ def test_overdue_inbound_ships_from_today_and_undated_inbound_is_not_promised() 
     assert line.fulfilments[0].ship_date == FRIDAY
 
 
+def test_inbound_due_at_the_end_of_the_calendar_is_not_promised_rather_than_overflowing() -> None:
+    everything = ChannelPolicy(sites=("DC-EAST",), include_in_transit=True)  # no horizon
+    slow = SiteBook(
+        {"DC-EAST": SiteAttributes(handling_days=365, closed_weekdays=frozenset(range(1, 7)))}
+    )
+    positions = {("SKU-1", "DC-EAST"): ItemSitePosition(in_transit_by_eta={date.max: 5, day(1): 1})}
+
+    (line,) = promise(positions, PromiseLine("SKU-1", 6), policy=everything, sites=slow).lines
+
+    assert line.promised == 1
+
+
 # -- properties ---------------------------------------------------------------------------------
 
 SITE_CODES = ("A", "B", "C")
