@@ -245,10 +245,30 @@ class SiteAttributesOut(SiteSpec):
     )
 
 
-class SiteOut(SiteAttributesOut):
+class SiteInForce(SiteAttributesOut):
+    """A site's attributes, and who put them in force."""
+
+    changed_by: str | None = Field(
+        description="The name of the API key that put these attributes in force; null for a "
+        "site seeded from ATP_SITES_FILE."
+    )
+    changed_at: str | None = Field(description="When it did (null: seeded).")
+
+
+class SiteOut(SiteInForce):
     model_config = ConfigDict(
         extra="ignore",
-        json_schema_extra={"examples": [{"site": "DC-EAST", **SITE_EXAMPLE, "version": 3}]},
+        json_schema_extra={
+            "examples": [
+                {
+                    "site": "DC-EAST",
+                    **SITE_EXAMPLE,
+                    "changed_by": "ops",
+                    "changed_at": "2026-11-23T10:00:00.000Z",
+                    "version": 3,
+                }
+            ]
+        },
     )
 
     site: str
@@ -260,7 +280,7 @@ class Sites(BaseModel):
     default: SiteAttributesOut = Field(
         description="The attributes of every site not listed in `sites`."
     )
-    sites: dict[str, SiteAttributesOut]
+    sites: dict[str, SiteInForce]
 
 
 # -- problems ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from atp_service.store import KeySpace, PolicyBook, RedisStore, StoreUnavailable
 from atp_service.store.duty import Duty
 from atp_service.store.position_cache import PositionCache
 from atp_service.store.rate_limit import SharedBuckets
-from atp_service.store.redis_store import UNAVAILABLE_ERRORS
+from atp_service.store.redis_store import UNAVAILABLE_ERRORS, SiteTable
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class ApiState:
         self.sites: tuple[str, ...] = ()
         self.seed_sites: dict[str, SiteAttributes] = settings.load_sites()
         #: The sites' attributes (the promise's ship nodes), refreshed like the policy book.
-        self.site_book = SiteBook()
+        self.site_table = SiteTable(SiteBook())
         self.site_book_loaded = False
         #: The time the promise plans from (UTC); tests fix it.
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -83,7 +83,7 @@ class ApiState:
         self.stop = asyncio.Event()
         self.book = PolicyBook.of({})
         self.policies_loaded = False
-        self.site_book = SiteBook()
+        self.site_table = SiteTable(SiteBook())
         self.site_book_loaded = False
         self._redis = client
         self._store = RedisStore(
@@ -159,6 +159,11 @@ class ApiState:
             self.book = book
             self.policies_loaded = True
 
+    @property
+    def site_book(self) -> SiteBook:
+        """The sites' attributes in force (what the promise plans with)."""
+        return self.site_table.book
+
     async def ensure_site_book(self) -> SiteBook:
         """The site book, loading it first if no refresh has succeeded yet."""
         if not self.site_book_loaded:
@@ -170,18 +175,18 @@ class ApiState:
         store = self.store
         found = await _reloaded(
             loaded=self.site_book_loaded,
-            version=self.site_book.version,
+            version=self.site_table.version,
             seeded=bool(self.seed_sites),
-            remote_version=store.site_book_version,
+            remote_version=store.site_table_version,
             seed=lambda: store.seed_sites(self.seed_sites),
-            load=store.site_book,
+            load=store.site_table,
         )
         if found is not None:
-            self.install_site_book(found[0], force=found[1])
+            self.install_site_table(found[0], force=found[1])
 
-    def install_site_book(self, book: SiteBook, *, force: bool = False) -> None:
-        if force or book.version >= self.site_book.version:
-            self.site_book = book
+    def install_site_table(self, table: SiteTable, *, force: bool = False) -> None:
+        if force or table.version >= self.site_table.version:
+            self.site_table = table
             self.site_book_loaded = True
 
     async def refresh_sites(self) -> None:

@@ -228,8 +228,8 @@ def outbox_records(fields: dict[str, str]) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True, slots=True)
 class PolicyChange:
-    """Who put a channel's policy in force, and when (an admin's PUT; a policy seeded from
-    ``ATP_CHANNELS_FILE`` has none)."""
+    """Who put a channel's policy (or a site's attributes) in force, and when (an admin's
+    PUT; one seeded from ``ATP_CHANNELS_FILE`` or ``ATP_SITES_FILE`` has none)."""
 
     changed_by: str
     changed_at_ms: int
@@ -269,8 +269,27 @@ def policy_from_json(text: str) -> ChannelPolicy:
     )
 
 
-def _site_json(attributes: SiteAttributes) -> str:
-    return json.dumps(attributes.to_mapping(), separators=(",", ":"))
+def _site_json(attributes: SiteAttributes, change: PolicyChange | None = None) -> str:
+    """A site record: its attributes, and who put them in force when an admin did (as in a
+    policy record: ``changed_by``, ``changed_at`` in epoch ms)."""
+    record = attributes.to_mapping()
+    if change is not None:
+        record["changed_by"] = change.changed_by
+        record["changed_at"] = change.changed_at_ms
+    return json.dumps(record, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteTable:
+    """The sites' attributes as stored: the book the promise plans with, and who put each
+    site's attributes in force (none for a site seeded from ``ATP_SITES_FILE``)."""
+
+    book: SiteBook
+    changes: dict[str, PolicyChange] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        return self.book.version
 
 
 def position_from_hash(raw: dict[str, str]) -> ItemSitePosition:
@@ -529,18 +548,25 @@ class RedisStore:
 
     # -- site attributes (the promise's ship nodes) ------------------------------------------
 
-    async def site_book(self) -> SiteBook:
+    async def site_table(self) -> SiteTable:
         version, raw = await self._read_versioned(k.SITE_ATTRIBUTES, k.SITE_ATTRIBUTES_VERSION)
         sites = {site: SiteAttributes.from_mapping(json.loads(text)) for site, text in raw.items()}
-        return SiteBook(sites, version)
+        changes = {
+            site: change
+            for site, text in raw.items()
+            if (change := policy_change_from_json(text)) is not None
+        }
+        return SiteTable(SiteBook(sites, version), changes)
 
-    async def site_book_version(self) -> int:
+    async def site_table_version(self) -> int:
         return int(await self.redis.get(k.SITE_ATTRIBUTES_VERSION) or 0)
 
-    async def put_site(self, site: str, attributes: SiteAttributes) -> int:
-        """Store a site's attributes; returns the new version of the site book."""
+    async def put_site(self, site: str, attributes: SiteAttributes, *, changed_by: str) -> int:
+        """Store a site's attributes, put in force by ``changed_by`` (the name of the admin's
+        API key, kept in the record); returns the new version of the site book."""
+        change = PolicyChange(changed_by, int(time.time() * 1000))
         return await self._put_versioned(
-            k.SITE_ATTRIBUTES, k.SITE_ATTRIBUTES_VERSION, site, _site_json(attributes)
+            k.SITE_ATTRIBUTES, k.SITE_ATTRIBUTES_VERSION, site, _site_json(attributes, change)
         )
 
     async def seed_sites(self, sites: dict[str, SiteAttributes]) -> None:

@@ -40,7 +40,7 @@ async def test_the_sites_in_force_are_the_seeded_ones_and_the_default(api: Api) 
     assert response.status_code == 200
     body = response.json()
     assert body["default"] == DEFAULT
-    assert body["sites"] == {"DC-EAST": EAST}
+    assert body["sites"] == {"DC-EAST": {**EAST, "changed_by": None, "changed_at": None}}
     assert body["version"] >= 1
 
 
@@ -48,10 +48,12 @@ async def test_a_put_replaces_the_whole_site_and_every_process_sees_it(api: Api)
     response = await put_site(api, "DC-EAST", {"priority": 5, "cutoff": "09:30"})
 
     assert response.status_code == 200, response.text
-    assert response.json() == {
-        **DEFAULT, "priority": 5, "cutoff": "09:30", "site": "DC-EAST",
-        "version": response.json()["version"],
+    body = response.json()
+    assert body == {
+        **DEFAULT, "priority": 5, "cutoff": "09:30", "site": "DC-EAST", "changed_by": "ops",
+        "changed_at": body["changed_at"], "version": body["version"],
     }  # fmt: skip
+    assert body["changed_at"] is not None
     async with running_api(make_settings(), server=api.server) as other:
         listed = (await other.client.get("/v1/sites", headers=READER)).json()
     assert listed["sites"]["DC-EAST"]["priority"] == 5
@@ -73,13 +75,15 @@ async def test_a_site_listing_zones_delivers_only_there_unless_it_says_otherwise
 async def test_a_change_is_logged_with_the_name_of_the_key_that_made_it(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="atp_service.api.routes.sites"):
+    with caplog.at_level(logging.INFO, logger="atp.admin"):
         await put_site(api, "DC-WEST", {"priority": 7})
 
-    (record,) = [r for r in caplog.records if r.getMessage() == "site attributes changed"]
-    assert record.__dict__["key_name"] == "ops"
+    (record,) = [r for r in caplog.records if r.getMessage() == "site put by ops"]
+    assert record.__dict__["changed_by"] == "ops"
     assert record.__dict__["site"] == "DC-WEST"
     assert record.__dict__["attributes"]["priority"] == 7
+    listed = (await api.client.get("/v1/sites", headers=READER)).json()
+    assert listed["sites"]["DC-WEST"]["changed_by"] == "ops"
 
 
 @pytest.mark.parametrize(
@@ -110,7 +114,8 @@ async def test_an_impossible_site_is_refused_naming_the_field(
     assert response.json()["code"] == "validation_error"
     assert field in [e["field"] for e in response.json()["errors"]]
     listed = (await api.client.get("/v1/sites", headers=READER)).json()
-    assert listed["sites"]["DC-EAST"] == EAST  # nothing changed
+    assert listed["sites"]["DC-EAST"]["priority"] == EAST["priority"]  # nothing changed
+    assert listed["sites"]["DC-EAST"]["changed_by"] is None
 
 
 async def test_only_an_admin_changes_a_site_and_a_bad_site_code_is_refused(api: Api) -> None:
