@@ -36,7 +36,9 @@ from atp_service.embedded import TOPIC_PARTITIONS
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_WORKER_METRICS_PORT: int = Settings.model_fields["worker_metrics_port"].default
-DEMO_CHANNELS_FILE = Path(__file__).resolve().parent.parent / "examples" / "channels.json"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEMO_CHANNELS_FILE = EXAMPLES / "channels.json"
+DEMO_SITES_FILE = EXAMPLES / "sites.json"
 
 #: The dev keys `atp up` makes: name -> scopes.
 DEV_KEY_SCOPES: dict[str, list[str]] = {
@@ -107,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         "create the topics, run the stream worker and the API with fresh dev API keys, and "
         "stop everything on Ctrl-C.",
     )
-    up.add_argument("--demo", action="store_true", help="demo channel policies and traffic")
+    up.add_argument(
+        "--demo", action="store_true", help="demo channel policies, site attributes and traffic"
+    )
     up.add_argument("--redis-port", type=_port, default=EMBEDDED_REDIS_PORT)
     up.add_argument("--kafka-port", type=_port, default=EMBEDDED_KAFKA_PORT)
     up.add_argument("--api-port", type=_port, default=EMBEDDED_API_PORT)
@@ -125,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="initial channel policies (JSON or TOML); --demo uses examples/channels.json",
+    )
+    up.add_argument(
+        "--sites-file",
+        type=Path,
+        default=None,
+        help="initial site attributes for the promise (JSON or TOML); --demo uses "
+        "examples/sites.json",
     )
     up.add_argument(
         "--ready-timeout", type=_positive_float, default=90.0, help="seconds to wait for /readyz"
@@ -473,6 +484,11 @@ class Up:
             channels_file = DEMO_CHANNELS_FILE
         if channels_file is not None and not channels_file.is_file():
             raise CliError(f"channel policies file {channels_file} does not exist")
+        sites_file = args.sites_file
+        if sites_file is None and args.demo:
+            sites_file = DEMO_SITES_FILE
+        if sites_file is not None and not sites_file.is_file():
+            raise CliError(f"site attributes file {sites_file} does not exist")
 
         workdir: Path = args.workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -491,6 +507,8 @@ class Up:
         }
         if channels_file is not None:
             env["ATP_CHANNELS_FILE"] = str(channels_file.resolve())
+        if sites_file is not None:
+            env["ATP_SITES_FILE"] = str(sites_file.resolve())
 
         previous = {
             sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
@@ -614,6 +632,8 @@ class Up:
             lines.append(f"  worker         http://{LOOPBACK}:{args.worker_metrics_port}/metrics")
         if "ATP_CHANNELS_FILE" in env:
             lines.append(f"  channels       {env['ATP_CHANNELS_FILE']}")
+        if "ATP_SITES_FILE" in env:
+            lines.append(f"  sites          {env['ATP_SITES_FILE']}")
         lines.append(f"  logs           {args.workdir.resolve()}/*.log")
         lines += ["", "Dev API keys (this run only):"]
         lines += [f"  {k.name:<{width}}  {k.key}  {' '.join(k.scopes)}" for k in keys]
@@ -641,6 +661,7 @@ class Up:
             "ATP_WORKER_METRICS_PORT",
             "ATP_API_KEYS",
             "ATP_CHANNELS_FILE",
+            "ATP_SITES_FILE",
         )
         lines = [f"export {n}='{env[n]}'" for n in names if n in env]
         lines += [f"export {dev_key_variable(k.name)}='{k.key}'" for k in self.keys]

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
+from datetime import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from atp_service.domain import DEFAULT_AUTHORITY, Bucket, ChannelPolicy, Source
-from atp_service.domain.model import EMPTY_SITES
+from atp_service.domain import DEFAULT_AUTHORITY, Bucket, ChannelPolicy, SiteAttributes, Source
+from atp_service.domain.model import EMPTY_SITES, SITE_PATTERN, ZONE_PATTERN, is_valid_site
+from atp_service.domain.sites import DEFAULT_PRIORITY, MAX_DAYS, MAX_PRIORITY, WEEKDAYS
 
 Scope = Literal["availability:read", "reservations:write", "admin"]
 ALL_SCOPES: tuple[Scope, ...] = ("availability:read", "reservations:write", "admin")
@@ -58,6 +70,106 @@ class ApiKeySpec(BaseModel):
         return hashlib.sha256(self.key.encode()).hexdigest()
 
 
+#: The contract's example of a site's attributes (the OpenAPI document shows it).
+SITE_EXAMPLE: dict[str, Any] = {
+    "priority": 10,
+    "handling_days": 1,
+    "cutoff": "15:00",
+    "closed_weekdays": [7],
+    "transit_days": {"US-EAST": 1, "US-WEST": 4},
+    "default_transit_days": None,
+}
+_CUTOFF_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+_Days = Annotated[StrictInt, Field(ge=0, le=MAX_DAYS)]
+
+
+class SiteSpec(BaseModel):
+    """A site's attributes as ``ATP_SITES_FILE`` and ``PUT /v1/sites/{site}`` give them: the
+    whole of them, omitted fields taking their defaults, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SITE_EXAMPLE]})
+
+    priority: Annotated[StrictInt, Field(ge=0, le=MAX_PRIORITY)] = Field(
+        default=DEFAULT_PRIORITY, description="Lower sources first under `priority`."
+    )
+    handling_days: _Days = Field(default=0, description="Shipping days from release to shipment.")
+    cutoff: str | None = Field(
+        default=None,
+        description="UTC time of day, HH:MM; an order placed after it is released the next "
+        "shipping day. Null: no cutoff.",
+        json_schema_extra={"pattern": _CUTOFF_PATTERN},
+    )
+    closed_weekdays: list[Annotated[StrictInt, Field(ge=1, le=7)]] = Field(
+        default=[], description="ISO weekdays (1 = Monday) on which the site does not ship."
+    )
+    transit_days: dict[
+        Annotated[str, StringConstraints(pattern=f"^(?:{ZONE_PATTERN})$")], _Days
+    ] = Field(default={}, description="Days from shipment to delivery, per ship-to zone.")
+    default_transit_days: _Days | None = Field(
+        default=None,
+        description="Days to zones not in `transit_days`; null: the site does not deliver "
+        "there. Omitted: 0 when `transit_days` is empty (the site delivers everywhere, at "
+        "once), else null (it delivers to the zones listed only).",
+    )
+
+    @field_validator("cutoff")
+    @classmethod
+    def _time_of_day(cls, value: str | None) -> str | None:
+        if value is not None and re.fullmatch(_CUTOFF_PATTERN, value) is None:
+            raise ValueError("must be a UTC time of day, HH:MM (00:00 to 23:59)")
+        return value
+
+    @field_validator("closed_weekdays")
+    @classmethod
+    def _some_shipping_day(cls, value: list[int]) -> list[int]:
+        if set(value) >= set(WEEKDAYS):
+            raise ValueError("must leave at least one shipping day")
+        return value
+
+    def to_attributes(self) -> SiteAttributes:
+        default = self.default_transit_days
+        if "default_transit_days" not in self.model_fields_set:
+            default = None if self.transit_days else 0
+        return SiteAttributes(
+            priority=self.priority,
+            handling_days=self.handling_days,
+            cutoff=time.fromisoformat(self.cutoff) if self.cutoff is not None else None,
+            closed_weekdays=frozenset(self.closed_weekdays),
+            transit_days=dict(self.transit_days),
+            default_transit_days=default,
+        )
+
+
+def sites_from_mapping(raw: dict[str, Any]) -> dict[str, SiteAttributes]:
+    """Every site of a sites file (``{"DC-EAST": {...}, ...}``); a ValueError names the site
+    and the field of the first entry that is not valid."""
+    sites: dict[str, SiteAttributes] = {}
+    for site, body in raw.items():
+        if not is_valid_site(site):
+            raise ValueError(f"site {site!r}: not a site code ({SITE_PATTERN})")
+        try:
+            sites[site] = SiteSpec.model_validate(body).to_attributes()
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"site {site}: {problems}") from None
+    return sites
+
+
+def read_config_file(path: Path, table: str) -> dict[str, Any]:
+    """A JSON or TOML (by its ``.toml`` suffix) file of entries keyed by name; in TOML the
+    entries may sit under a ``[table]`` of their own."""
+    text = path.read_text()
+    if path.suffix == ".toml":
+        raw: dict[str, Any] = tomllib.loads(text)
+        return cast(dict[str, Any], raw.get(table, raw))
+    loaded = json.loads(text)
+    if not isinstance(loaded, dict):
+        raise ValueError("expected a JSON object keyed by name")
+    return cast(dict[str, Any], loaded)
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Each field reads ``ATP_<FIELD>`` from the environment."""
 
@@ -93,6 +205,9 @@ class Settings(BaseSettings):
     # -- the model -----------------------------------------------------------------------
     channels_file: Path | None = None
     """Initial channel policies (JSON or TOML); without it every channel sells everywhere."""
+    sites_file: Path | None = None
+    """Initial site attributes for the promise (JSON or TOML, keyed by site); seeds sites that
+    have none in Redis yet. A site never described ships the day it is asked, everywhere."""
     authority: dict[Bucket, Source] = dict(DEFAULT_AUTHORITY)
     """Which source owns which bucket, as JSON ``{"on_hand": "wms", ...}``."""
     dedup_window_seconds: int = Field(default=86_400, ge=86_400)
@@ -194,14 +309,15 @@ class Settings(BaseSettings):
         """The initial channel policies from ``channels_file`` (empty without one)."""
         if self.channels_file is None:
             return {}
-        text = self.channels_file.read_text()
-        raw: dict[str, Any]
-        if self.channels_file.suffix == ".toml":
-            raw = tomllib.loads(text)
-            raw = raw.get("channels", raw)
-        else:
-            raw = json.loads(text)
+        raw = read_config_file(self.channels_file, "channels")
         return {name: policy_from_mapping(body) for name, body in raw.items()}
+
+    def load_sites(self) -> dict[str, SiteAttributes]:
+        """The initial site attributes from ``sites_file`` (empty without one); a ValueError
+        names the site and field that is not valid."""
+        if self.sites_file is None:
+            return {}
+        return sites_from_mapping(read_config_file(self.sites_file, "sites"))
 
 
 def policy_from_mapping(body: dict[str, Any]) -> ChannelPolicy:

@@ -1,4 +1,4 @@
-"""Locust scenarios for the ATP service at peak: storefronts, the OMS, a flash sale.
+"""Locust scenarios for the ATP service at peak: storefronts, checkouts, the OMS, a flash sale.
 
 Run by `make bench` (benchmarks/run.py), or by hand against any running service:
 
@@ -7,7 +7,7 @@ Run by `make bench` (benchmarks/run.py), or by hand against any running service:
     locust -f benchmarks/locustfile.py --headless --processes -1
 
 Without ``ATP_BENCH_STAGES`` the shape is a peak (ramp, spike, sustain) of storefront,
-OMS and flash-sale users. Environment:
+checkout (promise), OMS and flash-sale users. Environment:
 
 - ``ATP_BENCH_HOST``: the ATP API; ``ATP_BENCH_CEILING_HOST``: the ceiling app
   (benchmarks/ceiling_app.py), for the ceiling users.
@@ -128,6 +128,56 @@ class StorefrontUser(_AtpUser):
     @task(1)
     def listing_page(self) -> None:
         _batch(self, random.randint(20, 50), "availability batch 20-50")
+
+
+# -- promise ---------------------------------------------------------------------------------
+
+ZONES = ("US-EAST", "US-WEST")
+
+
+def _promise(user: FastHttpUser, lines: int, name: str) -> None:
+    """A promise of ``lines`` distinct skus, each from the channel's sites, to a random zone."""
+    body = {
+        "channel": CHANNEL,
+        "ship_to": random.choice(ZONES),
+        "lines": [{"sku": sku, "qty": 1} for sku in POPULARITY.distinct_skus(lines)],
+    }
+    user.client.post(
+        "/v1/promise",
+        data=json.dumps(body),
+        headers={**READ_HEADERS, **JSON_HEADERS},
+        name=name,
+    )
+
+
+class PromiseUser(_AtpUser):
+    """A product page's "when can I have it": a promise of 1 line (the promise figure)."""
+
+    @task
+    def delivery_date(self) -> None:
+        _promise(self, 1, "promise 1 line")
+
+
+class Promise20User(_AtpUser):
+    """A cart of exactly 20 lines at checkout (the 20-line promise figure)."""
+
+    @task
+    def checkout(self) -> None:
+        _promise(self, 20, "promise 20 lines")
+
+
+class CheckoutUser(_AtpUser):
+    """At peak: mostly a product page's delivery date, sometimes a cart of 2-20 lines."""
+
+    weight = 2
+
+    @task(3)
+    def delivery_date(self) -> None:
+        _promise(self, 1, "promise 1 line")
+
+    @task(1)
+    def checkout(self) -> None:
+        _promise(self, random.randint(2, 20), "promise 2-20 lines")
 
 
 # -- OMS -----------------------------------------------------------------------------------
@@ -280,6 +330,9 @@ USER_CLASSES: dict[str, type[User]] = {
         OmsUser,
         ReserveOnlyUser,
         FlashSaleUser,
+        PromiseUser,
+        Promise20User,
+        CheckoutUser,
         HttpCeilingUser,
         FixedUrlCeilingUser,
         RedisCeilingUser,

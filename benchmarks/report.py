@@ -60,6 +60,26 @@ def _mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:,.0f} MiB"
 
 
+def _promise_rows(results: dict[str, Any]) -> list[str]:
+    rows = []
+    for key, label in (("promise", "promise, 1 line"), ("promise20", "promise, 20 lines")):
+        p = results.get(key)
+        if p:
+            rows.append(
+                f"| {label} | {_fmt(p['rps'])} req/s |"
+                f" {_fmt(p['p50_ms'])} / {_fmt(p['p95_ms'])} / {_fmt(p['p99_ms'])} | | |"
+            )
+    p50 = results.get("promise50")
+    if p50:
+        rows.append(
+            f"| promise, 50 lines, one at a time (planner alone) |"
+            f" {_fmt(p50['requests'])} requests |"
+            f" {_fmt(p50['http_p50_ms'], 2)} / - / {_fmt(p50['http_p99_ms'], 2)}"
+            f" ({_fmt(p50['plan_p50_ms'], 2)} / - / {_fmt(p50['plan_p99_ms'], 2)}) | | |"
+        )
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     c = results["ceilings"]
     a = results["availability"]
@@ -93,6 +113,7 @@ def markdown(results: dict[str, Any]) -> str:
         f" ({_fmt(r['insufficient_stock'])} of {_fmt(r['requests'])} answered sold out) |"
         f" {_fmt(r['p50_ms'])} / {_fmt(r['p95_ms'])} / {_fmt(r['p99_ms'])} |"
         f" Redis {_fmt(c['redis']['rps'])} req/s | {_ratio(r['ratio_to_redis_ceiling'])} |",
+        *_promise_rows(results),
         f"| fold, per worker | {_fmt(f['events_per_s_per_worker'])} events/s | |"
         f" bare consumer {_fmt(c['kafka_bare_consumer']['events_per_s'])} events/s |"
         f" {_ratio(f['ratio_to_bare_consumer'])} |",
@@ -151,6 +172,8 @@ CPU_PHASES = {
     "batch50": "batch of 50 skus",
     "ceiling_redis": "Redis ceiling (asked as a reservation; one Redis GET)",
     "reservations": "reservation, 2 lines (held, then expired)",
+    "promise": "promise, 1 line",
+    "promise20": "promise, 20 lines",
     "bare_consumer": "bare consumer (per event)",
     "fold": "fold, until relayed (per event)",
 }

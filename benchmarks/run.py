@@ -7,7 +7,8 @@
    backlog (its own counters); wait for the outbox to drain; measure Redis memory.
 3. Freshness: steady inbound deltas, probes awaited over HTTP.
 4. Locust phases, each at the same concurrency: HTTP ceiling, availability, availability at
-   half the ceiling's load, batch of 50, Redis ceiling, reservations, then the peak.
+   half the ceiling's load, batch of 50, Redis ceiling, reservations, promises of 1 and of
+   20 lines; a 50-line promise one at a time (and the planner alone); then the peak.
 5. Write results.json, results.md and the PNG plots to the output directory; print the table.
 """
 
@@ -29,7 +30,7 @@ from typing import Any
 import redis
 
 from atp_service.store.keys import outbox
-from benchmarks import profiling, report
+from benchmarks import profiling, promise_latency, report
 from benchmarks.catalogue import Catalogue
 from benchmarks.ceiling_app import CEILING_KEY
 from benchmarks.cpu import CpuMeter, Window
@@ -453,6 +454,17 @@ class Run:
         self.profile("api-reservations", "api", plan.phase_seconds)
         reserve = self.phases["reservations"] = self.phase("reservations", "ReserveOnlyUser")
         self.collect_profiles()
+        self.profile("api-promise20", "api", plan.phase_seconds)
+        promise = self.phases["promise"] = self.phase("promise", "PromiseUser")
+        promise20 = self.phases["promise20"] = self.phase("promise20", "Promise20User")
+        self.collect_profiles()
+        say("a 50-line promise, one at a time over HTTP, then the planner alone")
+        promise50 = promise_latency.measure(
+            self.services.api_url,
+            self.services.read_key,
+            self.catalogue,
+            requests=50 if plan.mode == "quick" else 300,
+        )
         redis_row, reserve_row = redis_phase.row("ceiling redis"), reserve.row("reserve 2 lines")
         sold_out = reserve.rows.get("reserve 2 lines: insufficient_stock")
         fixed_row = fixed.row("ceiling http, fixed url")
@@ -464,6 +476,8 @@ class Run:
             (batch, "availability batch 50"),
             (redis_phase, "ceiling redis"),
             (reserve, "reserve 2 lines"),
+            (promise, "promise 1 line"),
+            (promise20, "promise 20 lines"),
         ):
             self.record_phase_cpu(phase, row_name)
         self.results["ceilings"].update(
@@ -496,6 +510,17 @@ class Run:
             "insufficient_stock": sold_out.requests if sold_out else 0,
             "ratio_to_redis_ceiling": _safe_ratio(reserve_row.rps, redis_row.rps),
         }
+        self.results["promise"] = {
+            **promise.row("promise 1 line").as_dict(),
+            "users": users,
+            "lines": 1,
+        }
+        self.results["promise20"] = {
+            **promise20.row("promise 20 lines").as_dict(),
+            "users": users,
+            "lines": 20,
+        }
+        self.results["promise50"] = promise50.figures()
 
     def _peak(self) -> None:
         plan = self.plan
@@ -530,6 +555,8 @@ class Run:
             "batch50": "Availability batch of 50 skus",
             "ceiling_redis": "Redis ceiling (one GET per request, asked as a reservation)",
             "reservations": "Reservations of 2 lines",
+            "promise": "Promises of 1 line",
+            "promise20": "Promises of 20 lines",
             "peak": "Peak: ramp, spike (flash sale), sustain",
         }
         for name, phase in getattr(self, "phases", {}).items():

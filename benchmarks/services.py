@@ -117,6 +117,8 @@ class Services:
             "ATP_API_KEYS": json.dumps(keys),
             "ATP_WORKER_APP_ID": f"atp-bench-{uuid.uuid4().hex[:8]}",
             "ATP_WORKER_METRICS_PORT": str(self.worker_metrics_port),
+            # the demo's ship nodes (their names are the catalogue's): promises plan over them
+            "ATP_SITES_FILE": str(Path(root) / "examples" / "sites.json"),
         }
 
     # -- starting ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 def peak_stages(users: int, seconds: float) -> list[dict[str, Any]]:
     """Ramp to a third of the peak, spike to the peak with the flash sale, sustain 2/3."""
     base, sustain = max(1, users // 3), max(1, 2 * users // 3)
-    everyday = ["StorefrontUser", "OmsUser"]
+    everyday = ["StorefrontUser", "CheckoutUser", "OmsUser"]
     return [
         {"name": "ramp", "seconds": 0.3 * seconds, "users": base,
          "spawn_rate": max(1.0, base / (0.25 * seconds)), "classes": everyday},

@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from atp_service.api.errors import install_error_handlers
 from atp_service.api.limits import BodyLimitMiddleware
 from atp_service.api.middleware import RequestContextMiddleware
-from atp_service.api.routes import ROUTERS
-from atp_service.api.routes.reservations import DOCUMENTED_MODELS, run_expiry_sweeper
+from atp_service.api.routes import DOCUMENTED_MODELS, ROUTERS
+from atp_service.api.routes.reservations import run_expiry_sweeper
 from atp_service.api.state import STORE_ERRORS, ApiState, BackgroundTask
 from atp_service.config import Settings, get_settings
 from atp_service.store import connect
@@ -101,6 +101,7 @@ def create_app(
         state.open(client)
         try:
             await state.refresh_policies()
+            await state.refresh_site_book()
             await state.refresh_sites()
         except STORE_ERRORS as exc:
             # Serve anyway: requests answer 503 until the store is back, and the

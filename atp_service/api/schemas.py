@@ -16,6 +16,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
+from atp_service.config import SITE_EXAMPLE, SiteSpec
 from atp_service.domain import ChannelPolicy
 from atp_service.domain.model import (
     CHANNEL_PATTERN,
@@ -23,6 +24,7 @@ from atp_service.domain.model import (
     MAX_ABS_DELTA,
     SITE_PATTERN,
     SKU_PATTERN,
+    ZONE_PATTERN,
 )
 
 # Anchored for pydantic, which searches rather than matches (its engine's `$` is end of text).
@@ -33,6 +35,8 @@ CHANNEL_REGEX = f"^(?:{CHANNEL_PATTERN})$"
 Sku = Annotated[str, StringConstraints(pattern=SKU_REGEX)]
 SiteCode = Annotated[str, StringConstraints(pattern=SITE_REGEX)]
 Channel = Annotated[str, StringConstraints(pattern=CHANNEL_REGEX)]
+ZONE_REGEX = f"^(?:{ZONE_PATTERN})$"
+Zone = Annotated[str, StringConstraints(pattern=ZONE_REGEX)]
 
 MAX_BATCH_ITEMS = 1000
 MAX_QUANTITY = MAX_ABS_DELTA
@@ -226,6 +230,57 @@ class SafetyStockOut(BaseModel):
     changed_by: str = Field(
         description="The name of the API key that made the change (also in the events)."
     )
+
+
+# -- sites -------------------------------------------------------------------------------------
+
+
+class SiteAttributesOut(SiteSpec):
+    """A site's attributes as they are in force (``default_transit_days`` resolved)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    default_transit_days: int | None = Field(
+        description="Days to zones not in `transit_days`; null: the site does not deliver there."
+    )
+
+
+class SiteInForce(SiteAttributesOut):
+    """A site's attributes, and who put them in force."""
+
+    changed_by: str | None = Field(
+        description="The name of the API key that put these attributes in force; null for a "
+        "site seeded from ATP_SITES_FILE."
+    )
+    changed_at: str | None = Field(description="When it did (null: seeded).")
+
+
+class SiteOut(SiteInForce):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "site": "DC-EAST",
+                    **SITE_EXAMPLE,
+                    "changed_by": "ops",
+                    "changed_at": "2026-11-23T10:00:00.000Z",
+                    "version": 3,
+                }
+            ]
+        },
+    )
+
+    site: str
+    version: int = Field(description="Version of the whole site book after this change.")
+
+
+class Sites(BaseModel):
+    version: int = Field(description="Increases with every change of a site's attributes.")
+    default: SiteAttributesOut = Field(
+        description="The attributes of every site not listed in `sites`."
+    )
+    sites: dict[str, SiteInForce]
 
 
 # -- problems ----------------------------------------------------------------------------------

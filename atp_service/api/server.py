@@ -49,6 +49,11 @@ def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2) from None
+    try:
+        settings.load_sites()
+    except (OSError, ValueError) as exc:
+        print(f"atp api: cannot read ATP_SITES_FILE {settings.sites_file}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     _configure_logging()
     app: FastAPI | str = (
         "atp_service.api.server:app_from_environment" if workers > 1 else create_app(settings)

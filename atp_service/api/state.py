@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -21,13 +22,13 @@ from atp_service.api.auth import KeyRing
 from atp_service.api.limits import RateLimiter, limits_of
 from atp_service.api.middleware import ACCESS_LOG
 from atp_service.config import EVENTS_TOPIC, Settings
-from atp_service.domain import ChannelPolicy
+from atp_service.domain import ChannelPolicy, SiteAttributes, SiteBook
 from atp_service.events import KafkaPublisher, OutboxRelay, PublishStalled, relay_consumer_name
 from atp_service.store import KeySpace, PolicyBook, RedisStore, StoreUnavailable
 from atp_service.store.duty import Duty
 from atp_service.store.position_cache import PositionCache
 from atp_service.store.rate_limit import SharedBuckets
-from atp_service.store.redis_store import UNAVAILABLE_ERRORS
+from atp_service.store.redis_store import UNAVAILABLE_ERRORS, SiteTable
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ ACCESS_LOG_FLUSH_SECONDS = 0.1
 SITES_POLL_SECONDS = 1.0
 _KAFKA_RETRY_MAX_SECONDS = 5.0
 _PRODUCER_STOP_SECONDS = 5.0
+
+B = TypeVar("B")
 
 #: A background task: runs until ``stop`` is set (or it is cancelled).
 BackgroundTask = Callable[["ApiState", asyncio.Event], Awaitable[None]]
@@ -63,6 +66,12 @@ class ApiState:
         self.policies_loaded = False
         #: Every site ever folded (sorted), for channels whose policy names none.
         self.sites: tuple[str, ...] = ()
+        self.seed_sites: dict[str, SiteAttributes] = settings.load_sites()
+        #: The sites' attributes (the promise's ship nodes), refreshed like the policy book.
+        self.site_table = SiteTable(SiteBook())
+        self.site_book_loaded = False
+        #: The time the promise plans from (UTC); tests fix it.
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self.kafka_connected = False
         self.stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -74,6 +83,8 @@ class ApiState:
         self.stop = asyncio.Event()
         self.book = PolicyBook.of({})
         self.policies_loaded = False
+        self.site_table = SiteTable(SiteBook())
+        self.site_book_loaded = False
         self._redis = client
         self._store = RedisStore(
             client,
@@ -131,20 +142,52 @@ class ApiState:
     async def refresh_policies(self) -> None:
         """Reload the book when its version moved; re-seed when the dataset was reset."""
         store = self.store
-        remote = await store.policies_version()
-        reset = remote < self.book.version or (remote == 0 and bool(self.seed_policies))
-        if not self.policies_loaded or reset:
-            # First load, or Redis came back empty (restarted without persistence).
-            await store.seed_channel_policies(self.seed_policies)
-            self.install_book(await store.policy_book(), force=True)
-        elif remote != self.book.version:
-            self.install_book(await store.policy_book())
+        found = await _reloaded(
+            loaded=self.policies_loaded,
+            version=self.book.version,
+            seeded=bool(self.seed_policies),
+            remote_version=store.policies_version,
+            seed=lambda: store.seed_channel_policies(self.seed_policies),
+            load=store.policy_book,
+        )
+        if found is not None:
+            self.install_book(found[0], force=found[1])
 
     def install_book(self, book: PolicyBook, *, force: bool = False) -> None:
         """Use ``book`` from now on, unless it is older than the one in use."""
         if force or book.version >= self.book.version:
             self.book = book
             self.policies_loaded = True
+
+    @property
+    def site_book(self) -> SiteBook:
+        """The sites' attributes in force (what the promise plans with)."""
+        return self.site_table.book
+
+    async def ensure_site_book(self) -> SiteBook:
+        """The site book, loading it first if no refresh has succeeded yet."""
+        if not self.site_book_loaded:
+            await self.refresh_site_book()
+        return self.site_book
+
+    async def refresh_site_book(self) -> None:
+        """As ``refresh_policies``, for the sites' attributes (``ATP_SITES_FILE`` seeds)."""
+        store = self.store
+        found = await _reloaded(
+            loaded=self.site_book_loaded,
+            version=self.site_table.version,
+            seeded=bool(self.seed_sites),
+            remote_version=store.site_table_version,
+            seed=lambda: store.seed_sites(self.seed_sites),
+            load=store.site_table,
+        )
+        if found is not None:
+            self.install_site_table(found[0], force=found[1])
+
+    def install_site_table(self, table: SiteTable, *, force: bool = False) -> None:
+        if force or table.version >= self.site_table.version:
+            self.site_table = table
+            self.site_book_loaded = True
 
     async def refresh_sites(self) -> None:
         self.sites = tuple(await self.store.known_sites())
@@ -156,6 +199,7 @@ class ApiState:
         while not stop.is_set():
             try:
                 await self.refresh_policies()
+                await self.refresh_site_book()
                 if loop.time() >= next_sites:
                     await self.refresh_sites()
                     next_sites = loop.time() + SITES_POLL_SECONDS
@@ -252,6 +296,29 @@ class ApiState:
             with contextlib.suppress(BaseException):
                 await task
         self._tasks.clear()
+
+
+async def _reloaded(
+    *,
+    loaded: bool,
+    version: int,
+    seeded: bool,
+    remote_version: Callable[[], Awaitable[int]],
+    seed: Callable[[], Awaitable[None]],
+    load: Callable[[], Awaitable[B]],
+) -> tuple[B, bool] | None:
+    """A versioned table of Redis held here (the policy book, the site book): (the table, and
+    whether to install it whatever its version) when it must be loaded, else None. Its first
+    load, or a dataset that lost it (Redis restarted without persistence: its version went
+    back, or to 0 while there are seeds), seeds it from configuration first."""
+    remote = await remote_version()
+    reset = remote < version or (remote == 0 and seeded)
+    if not loaded or reset:
+        await seed()
+        return await load(), True
+    if remote != version:
+        return await load(), False
+    return None
 
 
 async def _flush_access_log(stop: asyncio.Event) -> None:

@@ -43,6 +43,14 @@ def atp_for_site(position: ItemSitePosition, policy: ChannelPolicy, today: date)
     ``max(0, -sellable)``, the same whenever the safety stock is 0): otherwise units reserved
     below that line would be promised again from the inbound, and the safety stock with them.
     """
+    stock = channel_stock(position, policy)
+    owed = max(0, -stock)
+    return max(0, stock) + max(0, inbound_within_horizon(position, policy, today) - owed)
+
+
+def channel_stock(position: ItemSitePosition, policy: ChannelPolicy) -> int:
+    """``stock`` of ``atp_for_site``: the channel's share of the sellable units less the safety
+    stock (the item-site's override, else the channel's). Negative when the site owes units."""
     sellable = position.sellable
     # Integer floor division keeps the arithmetic exact for every quantity up to 10^9.
     shared = min(sellable, (sellable * policy.share) // 100)
@@ -51,9 +59,7 @@ def atp_for_site(position: ItemSitePosition, policy: ChannelPolicy, today: date)
         if position.safety_stock_override is not None
         else policy.safety_stock
     )
-    stock = shared - safety
-    owed = max(0, -stock)
-    return max(0, stock) + max(0, inbound_within_horizon(position, policy, today) - owed)
+    return shared - safety
 
 
 def atp_for_channel(

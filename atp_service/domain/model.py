@@ -11,6 +11,8 @@ from typing import Final
 SKU_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}"
 SITE_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}"
 CHANNEL_PATTERN: Final = r"[a-z0-9][a-z0-9._-]{0,31}"
+#: A ship-to zone (``US-EAST``): what a site's ``transit_days`` are keyed by.
+ZONE_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}"
 MAX_ABS_DELTA: Final = 10**9
 
 _SKU_RE: Final = re.compile(SKU_PATTERN)

@@ -39,6 +39,10 @@ BUCKET_FIELDS = {
 POLICIES = f"{PREFIX}:policies"  # hash: channel -> policy JSON
 POLICIES_VERSION = f"{PREFIX}:policies:v"  # counter bumped on every policy change
 SITES = f"{PREFIX}:sites"  # set of every site ever folded
+#: Site attributes for the promise: hash site -> JSON, and a counter bumped on every change.
+#: One hash tag, so that a change and its bump are one MULTI on one slot of a Cluster.
+SITE_ATTRIBUTES = f"{PREFIX}:{{site-attributes}}:sites"
+SITE_ATTRIBUTES_VERSION = f"{PREFIX}:{{site-attributes}}:v"
 RELAY_GROUP = "relay"  # consumer group reading the outbox streams
 # hash: "<partition>:<offset>" of a dead letter in inventory.dlq.v1 -> its replay mark (dlq.py)
 DLQ_REPLAYED = f"{PREFIX}:dlq:replayed"

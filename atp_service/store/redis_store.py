@@ -27,6 +27,8 @@ from atp_service.domain import (
     InventorySnapshot,
     ItemSite,
     ItemSitePosition,
+    SiteAttributes,
+    SiteBook,
 )
 from atp_service.store import keys as k
 from atp_service.store._packing import with_hiredis_packing
@@ -226,8 +228,8 @@ def outbox_records(fields: dict[str, str]) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True, slots=True)
 class PolicyChange:
-    """Who put a channel's policy in force, and when (an admin's PUT; a policy seeded from
-    ``ATP_CHANNELS_FILE`` has none)."""
+    """Who put a channel's policy (or a site's attributes) in force, and when (an admin's
+    PUT; one seeded from ``ATP_CHANNELS_FILE`` or ``ATP_SITES_FILE`` has none)."""
 
     changed_by: str
     changed_at_ms: int
@@ -265,6 +267,29 @@ def policy_from_json(text: str) -> ChannelPolicy:
         include_in_transit=body["include_in_transit"],
         in_transit_horizon_days=body["in_transit_horizon_days"],
     )
+
+
+def _site_json(attributes: SiteAttributes, change: PolicyChange | None = None) -> str:
+    """A site record: its attributes, and who put them in force when an admin did (as in a
+    policy record: ``changed_by``, ``changed_at`` in epoch ms)."""
+    record = attributes.to_mapping()
+    if change is not None:
+        record["changed_by"] = change.changed_by
+        record["changed_at"] = change.changed_at_ms
+    return json.dumps(record, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteTable:
+    """The sites' attributes as stored: the book the promise plans with, and who put each
+    site's attributes in force (none for a site seeded from ``ATP_SITES_FILE``)."""
+
+    book: SiteBook
+    changes: dict[str, PolicyChange] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        return self.book.version
 
 
 def position_from_hash(raw: dict[str, str]) -> ItemSitePosition:
@@ -491,17 +516,14 @@ class RedisStore:
     # -- channel policies and safety stock ---------------------------------------------------
 
     async def policy_book(self) -> PolicyBook:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.get(k.POLICIES_VERSION)
-        pipe.hgetall(k.POLICIES)
-        version, raw = await pipe.execute()
+        version, raw = await self._read_versioned(k.POLICIES, k.POLICIES_VERSION)
         policies = {name: policy_from_json(text) for name, text in raw.items()}
         changes = {
             name: change
             for name, text in raw.items()
             if (change := policy_change_from_json(text)) is not None
         }
-        return PolicyBook.of(policies, int(version or 0), changes)
+        return PolicyBook.of(policies, version, changes)
 
     async def policies_version(self) -> int:
         return int(await self.redis.get(k.POLICIES_VERSION) or 0)
@@ -512,20 +534,72 @@ class RedisStore:
         """Store a channel's policy, put in force by ``changed_by`` (the name of the admin's
         API key, kept in the record); returns the new policies version."""
         change = PolicyChange(changed_by, int(time.time() * 1000))
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(k.POLICIES, channel, policy_to_json(policy, change))
-        pipe.incr(k.POLICIES_VERSION)
-        _, version = await pipe.execute()
-        return int(version)
+        return await self._put_versioned(
+            k.POLICIES, k.POLICIES_VERSION, channel, policy_to_json(policy, change)
+        )
 
     async def seed_channel_policies(self, policies: dict[str, ChannelPolicy]) -> None:
         """Install initial policies for channels that have none yet (an admin's change wins)."""
-        if not policies:
+        await self._seed_versioned(
+            k.POLICIES,
+            k.POLICIES_VERSION,
+            {name: policy_to_json(policy) for name, policy in policies.items()},
+        )
+
+    # -- site attributes (the promise's ship nodes) ------------------------------------------
+
+    async def site_table(self) -> SiteTable:
+        version, raw = await self._read_versioned(k.SITE_ATTRIBUTES, k.SITE_ATTRIBUTES_VERSION)
+        sites = {site: SiteAttributes.from_mapping(json.loads(text)) for site, text in raw.items()}
+        changes = {
+            site: change
+            for site, text in raw.items()
+            if (change := policy_change_from_json(text)) is not None
+        }
+        return SiteTable(SiteBook(sites, version), changes)
+
+    async def site_table_version(self) -> int:
+        return int(await self.redis.get(k.SITE_ATTRIBUTES_VERSION) or 0)
+
+    async def put_site(self, site: str, attributes: SiteAttributes, *, changed_by: str) -> int:
+        """Store a site's attributes, put in force by ``changed_by`` (the name of the admin's
+        API key, kept in the record); returns the new version of the site book."""
+        change = PolicyChange(changed_by, int(time.time() * 1000))
+        return await self._put_versioned(
+            k.SITE_ATTRIBUTES, k.SITE_ATTRIBUTES_VERSION, site, _site_json(attributes, change)
+        )
+
+    async def seed_sites(self, sites: dict[str, SiteAttributes]) -> None:
+        """Install initial attributes for sites that have none yet (an admin's change wins)."""
+        await self._seed_versioned(
+            k.SITE_ATTRIBUTES,
+            k.SITE_ATTRIBUTES_VERSION,
+            {site: _site_json(attributes) for site, attributes in sites.items()},
+        )
+
+    # -- versioned tables: a hash of JSON entries and a counter bumped by every change -------
+
+    async def _read_versioned(self, table: str, version: str) -> tuple[int, dict[str, str]]:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.get(version)
+        pipe.hgetall(table)
+        number, raw = await pipe.execute()
+        return int(number or 0), raw
+
+    async def _put_versioned(self, table: str, version: str, name: str, text: str) -> int:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(table, name, text)
+        pipe.incr(version)
+        _, number = await pipe.execute()
+        return int(number)
+
+    async def _seed_versioned(self, table: str, version: str, entries: dict[str, str]) -> None:
+        if not entries:
             return
         pipe = self.redis.pipeline(transaction=True)
-        for name, policy in policies.items():
-            pipe.hsetnx(k.POLICIES, name, policy_to_json(policy))
-        pipe.incr(k.POLICIES_VERSION)
+        for name, text in entries.items():
+            pipe.hsetnx(table, name, text)
+        pipe.incr(version)
         await pipe.execute()
 
     async def set_safety_stock(

@@ -55,6 +55,7 @@ class Service:
     base_url: str
     keys: dict[str, str]
     channels: dict[str, dict[str, Any]]
+    sites: dict[str, dict[str, Any]] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
 
     def headers(self, role: str = "storefront") -> dict[str, str]:
@@ -110,9 +111,26 @@ def service(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> I
             "in_transit_horizon_days": 7,
         },
         f"any-{suffix}": {},
+        f"ship-{suffix}": {
+            "sites": [f"E2E-EAST-{suffix}", f"E2E-WEST-{suffix}"],
+            "include_in_transit": True,
+            "in_transit_horizon_days": 7,
+        },
     }
     channels_file = workdir / "channels.json"
     channels_file.write_text(json.dumps(channels))
+    # Ship nodes of the promise: no cutoff and no closed day, so that dates follow from
+    # today (UTC) alone.
+    sites = {
+        f"E2E-EAST-{suffix}": {"priority": 10, "transit_days": {"US-EAST": 1, "US-WEST": 4}},
+        f"E2E-WEST-{suffix}": {
+            "priority": 20,
+            "handling_days": 1,
+            "transit_days": {"US-WEST": 1, "US-EAST": 4},
+        },
+    }
+    sites_file = workdir / "sites.json"
+    sites_file.write_text(json.dumps(sites))
     port = free_port()
     # A Redis of its own: this service's outbox relays run for the whole session and would
     # otherwise drain the outbox that integration tests inspect in the shared Redis.
@@ -127,10 +145,11 @@ def service(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> I
             [{"name": role, "key": key, "scopes": scopes[role]} for role, key in keys.items()]
         ),
         "ATP_CHANNELS_FILE": str(channels_file),
+        "ATP_SITES_FILE": str(sites_file),
         "ATP_WORKER_APP_ID": f"atp-e2e-{suffix}",
         "ATP_WORKER_METRICS_PORT": "0",
     }
-    svc = Service(f"http://127.0.0.1:{port}", keys, channels)
+    svc = Service(f"http://127.0.0.1:{port}", keys, channels, sites)
     for name, argv in (
         ("worker", atp_argv("worker")),
         ("api", atp_argv("api", "--host", "127.0.0.1", "--port", str(port))),

@@ -116,6 +116,25 @@ def test_atp_up_demo_serves_moving_availability_and_stops_everything_on_ctrl_c(
         assert f"export ATP_WORKER_METRICS_PORT='{ports['worker-metrics']}'" in env
         assert f"export ATP_STOREFRONT_KEY='{match.group(1)}'" in env
 
+        # the demo's sites (examples/sites.json) are in force: the hottest sku is promised
+        base = f"http://127.0.0.1:{ports['api']}"
+        sites = httpx.get(f"{base}/v1/sites", headers=headers, timeout=5.0).json()["sites"]
+        assert sites["DC-EAST"]["cutoff"] == "15:00"
+        promise = httpx.post(
+            f"{base}/v1/promise",
+            json={
+                "channel": "web",
+                "ship_to": "US-EAST",
+                "lines": [{"sku": "SKU-00001", "qty": 1}],
+            },
+            headers=headers,
+            timeout=5.0,
+        )
+        assert promise.status_code == 200, promise.text
+        (line,) = promise.json()["lines"]
+        assert {f["site"] for f in line["fulfilments"]} <= {"DC-EAST", "DC-WEST"}
+        assert line["promised"] == 1 or line["fulfilments"] == []
+
         proc.send_signal(signal.SIGINT)
         assert proc.wait(STOP_DEADLINE) == 0, output.text
     finally:

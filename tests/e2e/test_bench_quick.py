@@ -16,6 +16,9 @@ FIGURES = {
     "availability_half_load": ("rps", "target_rps", "p99_ms"),
     "batch50": ("items_per_s", "p99_ms"),
     "reservations": ("rps", "p99_ms", "ratio_to_redis_ceiling"),
+    "promise": ("rps", "p50_ms", "p95_ms", "p99_ms"),
+    "promise20": ("rps", "p50_ms", "p95_ms", "p99_ms"),
+    "promise50": ("http_p50_ms", "http_p99_ms", "plan_p50_ms", "plan_p99_ms"),
     "fold": ("events_per_s_per_worker", "ratio_to_bare_consumer"),
     "freshness": ("p50_ms", "p99_ms", "kafka_p50_ms", "kafka_p99_ms"),
     "memory": (
@@ -39,6 +42,8 @@ PLOTS = (
     "batch50",
     "ceiling_redis",
     "reservations",
+    "promise",
+    "promise20",
     "peak",
     "freshness",
 )
@@ -78,7 +83,12 @@ def test_quick_mode_writes_every_figure_with_its_ceiling(quick_run: Path) -> Non
     assert results["fold"]["events"] == 5_000, "the catalogue went through the worker's fold"
     assert results["fold"]["dead_lettered"] == 0
     assert results["freshness"]["probes"] > 0
-    assert {"availability", "reserve 2 lines", "flash sale reserve"} <= set(results["peak"]["rows"])
+    assert {"availability", "reserve 2 lines", "flash sale reserve", "promise 1 line"} <= set(
+        results["peak"]["rows"]
+    )
+    for name in ("promise", "promise20"):
+        assert results[name]["failures"] == 0, f"{name}: failed requests"
+        assert results[name]["requests"] > 0, name
     assert set(results["targets"]) == {
         "availability_ratio",
         "availability_half_load_p99_ms",
@@ -94,7 +104,14 @@ def test_quick_mode_writes_every_figure_with_its_ceiling(quick_run: Path) -> Non
 def test_quick_mode_measures_the_cpu_of_every_process_per_request(quick_run: Path) -> None:
     cpu = json.loads((quick_run / "results.json").read_text())["cpu"]
     # the HTTP phases; the quick run's Kafka spans are too short to measure
-    assert set(cpu) >= {"ceiling_http", "availability", "ceiling_redis", "reservations"}
+    assert set(cpu) >= {
+        "ceiling_http",
+        "availability",
+        "ceiling_redis",
+        "reservations",
+        "promise",
+        "promise20",
+    }
     for name, entry in cpu.items():
         per = entry["us_per_unit"]
         assert per["all"] > 0 and entry["busy_cores"] > 0, name
@@ -103,6 +120,7 @@ def test_quick_mode_measures_the_cpu_of_every_process_per_request(quick_run: Pat
     assert cpu["ceiling_http"]["us_per_unit"]["ceiling"] > 0
     assert cpu["availability"]["us_per_unit"]["api"] > 0
     assert cpu["reservations"]["us_per_unit"]["redis"] > 0
+    assert cpu["promise20"]["us_per_unit"]["api"] > 0
 
 
 @pytest.mark.e2e
@@ -110,6 +128,9 @@ def test_quick_mode_writes_the_table_and_a_plot_per_phase(quick_run: Path) -> No
     table = (quick_run / "results.md").read_text()
     assert "| availability reads, 1 sku |" in table
     assert "| reservations, 2 lines |" in table
+    assert "| promise, 1 line |" in table
+    assert "| promise, 20 lines |" in table
+    assert "| promise, 50 lines, one at a time (planner alone) |" in table
     assert "| reservation, 2 lines (held, then expired) |" in table  # the CPU table
     for name in PLOTS:
         png = quick_run / f"{name}.png"

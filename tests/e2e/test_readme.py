@@ -163,13 +163,14 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """`atp up` with the demo's channel policies (no demo traffic) in a directory of its own,
-    its `.atp/` and a `.venv` link beside, as in a clone after `make run`."""
+    """`atp up` with the demo's channel policies and sites (no demo traffic) in a directory
+    of its own, its `.atp/` and a `.venv` link beside, as in a clone after `make run`."""
     cwd = tmp_path_factory.mktemp("readme")
     (cwd / ".venv").symlink_to(Path(sys.prefix))
     ports = dict(zip(DEFAULT_PORTS, free_ports(len(DEFAULT_PORTS)), strict=True))
     argv = atp_argv(
         "up", "--channels-file", str(REPO / "examples" / "channels.json"),
+        "--sites-file", str(REPO / "examples" / "sites.json"),
         "--workdir", str(cwd / ".atp"), *(str(x) for item in ports.items() for x in item),
     )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATP_")}

@@ -190,3 +190,64 @@ async def test_availability_changed_reaches_the_events_topic(
     assert (event["atp"], event["previous_atp"], event["version"]) == (13, 0, 1)
     for name in ("schema", "event_id", "occurred_at", "correlation_id"):
         assert name in event
+
+
+async def test_a_promise_and_a_timeline_are_answered_by_the_running_api(
+    service: Service, http: httpx.AsyncClient, producer: AIOKafkaProducer
+) -> None:
+    east, west = (
+        next(s for s in service.sites if s.startswith(p)) for p in ("E2E-EAST", "E2E-WEST")
+    )
+    ship = channel(service, "ship-")
+    sku = f"{random_sku('e2e')}/blue"  # a sku with '/': the plain read and the timeline both work
+    today = datetime.now(UTC).date()
+
+    def on(days: int) -> str:
+        return (today + timedelta(days=days)).isoformat()
+
+    await send(
+        producer,
+        delta("wms", sku, west, "on_hand", 30, seq=1),
+        delta("wms", sku, east, "on_hand", 5, seq=1),
+        delta("erp", sku, east, "in_transit", 20, seq=1, eta=today + timedelta(days=2)),
+    )
+    await service.eventually(
+        lambda: http.get(
+            f"/v1/availability/{sku}", params={"channel": ship}, headers=service.headers()
+        ),
+        lambda r: r.status_code == 200 and r.json()["atp"] == 55,
+        "the three folds",
+    )
+    body = {"channel": ship, "ship_to": "US-WEST", "lines": [{"sku": sku, "qty": 50}]}
+
+    response = await http.post("/v1/promise", json=body, headers=service.headers())
+
+    assert response.status_code == 200, response.text
+    (line,) = response.json()["lines"]
+    # East (priority 10) ships the day asked but is 4 days from US-WEST; West ships a day later,
+    # one day away. 50 units: every site by the day East's inbound arrives, East first.
+    assert [
+        (f["site"], f["qty"], f["supply"], f["delivery_date"]) for f in line["fulfilments"]
+    ] == [
+        (west, 25, "on_hand", on(2)),
+        (east, 5, "on_hand", on(4)),
+        (east, 20, "in_transit", on(6)),
+    ]
+    assert response.json()["delivery_date"] == on(6)
+
+    timeline = await http.get(
+        f"/v1/availability/{sku}/timeline", params={"channel": ship}, headers=service.headers()
+    )
+    assert timeline.status_code == 200, timeline.text
+    assert timeline.json()["points"] == [{"date": on(0), "atp": 35}, {"date": on(2), "atp": 55}]
+
+    # West stops delivering to US-WEST: only East's 25 can be promised there
+    put = await http.put(
+        f"/v1/sites/{west}",
+        json={"transit_days": {"US-EAST": 1}},
+        headers=service.headers("admin"),
+    )
+    assert put.status_code == 200, put.text
+    (line,) = (await http.post("/v1/promise", json=body, headers=service.headers())).json()["lines"]
+    assert (line["promised"], line["shortfall"]) == (25, 25)
+    assert {f["site"] for f in line["fulfilments"]} == {east}

@@ -198,6 +198,7 @@ def test_the_api_answers_every_generated_request_as_documented(
 EXAMPLE_PATHS = {
     "/v1/policies/channels/{channel}": "/v1/policies/channels/fuzz-examples",
     "/v1/safety-stock/{sku}/{site}": "/v1/safety-stock/SKU-1001/DC-EAST",
+    "/v1/sites/{site}": "/v1/sites/DC-EXAMPLE",
 }
 
 
@@ -220,7 +221,7 @@ def test_every_request_body_has_examples_which_the_api_accepts(api_url: str) -> 
                 for n, example in enumerate(examples)
             ]
 
-    assert len(answers) >= 4  # batch, reservations, policies, safety stock
+    assert len(answers) >= 6  # batch, reservations, promise, policies, safety stock, sites
     no_example = [operation for operation, statuses in answers.items() if not statuses]
     assert no_example == []
     # Valid: served, or refused only for want of stock (nothing was received here).

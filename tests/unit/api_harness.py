@@ -40,17 +40,30 @@ READER = auth("reader")
 ADMIN = auth("admin")
 
 
-def make_settings(channels: Mapping[str, Any] | None = None, tmp: Path | None = None) -> Settings:
-    channels_file = None
-    if channels is not None:
+def make_settings(
+    channels: Mapping[str, Any] | None = None,
+    tmp: Path | None = None,
+    *,
+    sites: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings with the test keys; ``channels`` and ``sites`` become files in ``tmp``."""
+
+    def written(name: str, content: Mapping[str, Any] | None) -> Path | None:
+        if content is None:
+            return None
         assert tmp is not None
-        channels_file = tmp / "channels.json"
-        channels_file.write_text(json.dumps(channels))
+        path = tmp / name
+        path.write_text(json.dumps(content))
+        return path
+
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         api_keys=API_KEYS,  # type: ignore[arg-type]
-        channels_file=channels_file,
+        channels_file=written("channels.json", channels),
+        sites_file=written("sites.json", sites),
         redis_url="redis://127.0.0.1:1/0",  # never used: the tests hand in fakeredis
+        **overrides,
     )
 
 

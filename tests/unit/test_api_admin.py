@@ -157,6 +157,7 @@ async def test_an_empty_policy_body_resets_the_channel_to_the_defaults(api: Api)
     listed = await api.client.get("/v1/policies/channels", headers=ADMIN)
     web = listed.json()["channels"]["web"]
     assert {k: v for k, v in web.items() if k in DEFAULT_POLICY} == DEFAULT_POLICY
+    assert web["changed_by"] == "ops"  # issue 15: the record names who reset it
 
 
 async def test_a_policy_body_that_is_not_json_by_its_content_type_is_415(api: Api) -> None:

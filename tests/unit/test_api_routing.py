@@ -6,8 +6,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from atp_service.api.app import create_app, document_models, serve_routes
-from atp_service.api.routes import ROUTERS
-from atp_service.api.routes.reservations import DOCUMENTED_MODELS
+from atp_service.api.routes import DOCUMENTED_MODELS, ROUTERS
 from tests.unit.api_harness import READER, make_settings, running_api
 
 

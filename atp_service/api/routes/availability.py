@@ -20,6 +20,7 @@ from starlette.responses import Response
 from atp_service.api.auth import require_scope
 from atp_service.api.deps import AvailabilityReader, StateDep
 from atp_service.api.direct_route import DirectRoute
+from atp_service.api.path_suffix import leave_suffix_to_later_route
 from atp_service.api.schemas import (
     CHANNEL_REGEX,
     PROBLEM_RESPONSES,
@@ -331,8 +332,10 @@ router.add_api_route(
     description="Without `site`, `sites` lists the channel policy's sites (every known site "
     "when the policy names none). With `site`, that site alone; its ATP is 0 when the "
     "channel may not sell from it. A sku never seen is ATP 0, not 404. The sku may "
-    "contain '/'.",
+    "contain '/'. A path ending in `/timeline` is the sku's timeline instead.",
 )
+# ... which routes/timeline.py serves, listed after this route (see path_suffix.py).
+leave_suffix_to_later_route(router.routes[-1], "/timeline")  # type: ignore[arg-type]
 
 
 def _channel_and_site(query_string: bytes) -> tuple[str | None, str | None]:
