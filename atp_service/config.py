@@ -264,6 +264,9 @@ class Settings(BaseSettings):
     """Port of the worker's /metrics (0 turns it off)."""
     worker_metrics_host: str = "127.0.0.1"
     """Address the worker's /metrics listens on."""
+    worker_audit_interval_seconds: float = Field(default=60.0, ge=0)
+    """How often one of the workers audits reserved units against the reservations (its
+    result on every worker's /metrics and on /dashboard); 0 turns it off."""
 
     # -- outbox relay --------------------------------------------------------------------
     relay_batch: int = Field(default=100, ge=1)

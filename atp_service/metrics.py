@@ -27,6 +27,12 @@ DRIFT_UNITS = Counter(
 CONSUMER_LAG = Gauge(
     "atp_consumer_lag_messages", "Messages not yet consumed, per partition.", ["topic", "partition"]
 )
+SYNC_LAG = Gauge(
+    "atp_sync_lag_seconds",
+    "How long the oldest inbound event of the partition not yet folded has waited (0 when "
+    "the fold is caught up); keeps growing while the fold is held up (Redis or Kafka out).",
+    ["topic", "partition", "source"],
+)
 OUTBOX_PUBLISHED = Counter(
     "atp_outbox_published_total", "Outbound events relayed from the outbox to Kafka."
 )
@@ -48,6 +54,16 @@ RESERVATIONS = Counter(
 RESERVATION_AUDIT_MISMATCHES = Gauge(
     "atp_reservation_audit_mismatches",
     "Item-sites whose reserved units differ from their active reservation lines (last audit).",
+)
+RESERVATION_AUDIT_TIME = Gauge(
+    "atp_reservation_audit_last_run_timestamp_seconds",
+    "When the last audit of reserved units against the reservations ran (Unix time).",
+)
+RESERVATIONS_BY_STATUS = Gauge(
+    "atp_reservations_by_status",
+    "Reservation records by status, counted by the last audit (ended ones are kept for the "
+    "idempotency window).",
+    ["status"],
 )
 POSITION_READS = Counter(
     "atp_position_reads_total",

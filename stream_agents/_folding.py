@@ -24,7 +24,14 @@ from atp_service.domain import Bucket, ChannelPolicy, Source
 from atp_service.store import FoldOutcome, PolicyBook, RedisStore
 from atp_service.store.redis_store import FOLD_ERROR, PreparedFold
 from atp_service.store.replay_marks import ReplayMarks
-from stream_agents.records import DecodeError, ErrorCode, InboundEvent, dead_letter_record, decode
+from stream_agents.records import (
+    TOPIC_SOURCES,
+    DecodeError,
+    ErrorCode,
+    InboundEvent,
+    dead_letter_record,
+    decode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,60 @@ class DeadLetterSink(Protocol):
         """Send (key, value) records to the dead-letter topic; return once all are acked."""
 
 
+class FoldWatcher(Protocol):
+    """Told what the folder did, for the operators' figures (stream_agents/report.py)."""
+
+    def folded(self, source: str, outcome: str, n: int) -> None:
+        """``n`` inbound events of ``source`` were folded with ``outcome``."""
+
+    def dead_lettered(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """These dead letters were acknowledged by the broker (``dead_letter_summary``)."""
+
+    def drifted(self, entry: Mapping[str, Any]) -> None:
+        """A snapshot disagreed with the folded position (the drift record, sku and site)."""
+
+
+class _Unwatched:
+    def folded(self, source: str, outcome: str, n: int) -> None:
+        return None
+
+    def dead_lettered(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        return None
+
+    def drifted(self, entry: Mapping[str, Any]) -> None:
+        return None
+
+
+#: Characters of a dead letter's original value kept in its summary.
+SUMMARY_VALUE_CHARS = 300
+
+
+def dead_letter_summary(rejected: Rejected, dead_lettered_at: datetime) -> dict[str, Any]:
+    """What an operator sees of a dead letter (the topic itself keeps the whole message)."""
+    message = rejected.message
+    source = TOPIC_SOURCES.get(message.topic)
+    return {
+        "code": rejected.code,
+        "detail": rejected.detail,
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "source": source.value if source is not None else None,
+        "key": _text(message.key),
+        "value": _text(message.value, SUMMARY_VALUE_CHARS),
+        "dead_lettered_at": dead_lettered_at.isoformat(timespec="milliseconds").replace(
+            "+00:00", "Z"
+        ),
+    }
+
+
+def _text(raw: bytes | None, limit: int = 200) -> str | None:
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", errors="replace")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class BatchAbandoned(Exception):
     """The worker is stopping while the store or broker is down: the batch is not done and
     must not be acknowledged (it is consumed again after a restart)."""
@@ -109,8 +170,10 @@ class BatchFolder:
         max_backoff_seconds: float = 2.0,
         should_give_up: Callable[[], bool] = lambda: False,
         replay_marks: ReplayMarks | None = None,
+        watcher: FoldWatcher | None = None,
     ) -> None:
         self.store = store
+        self.watcher: FoldWatcher = watcher or _Unwatched()
         self.dead_letters = dead_letters
         self.replay_marks = replay_marks
         self.authority = dict(authority)
@@ -231,8 +294,12 @@ class BatchFolder:
             counts[key] = counts.get(key, 0) + 1
             if outcome.drift:
                 _count_drift(outcome.drift)
+                self.watcher.drifted({"sku": event.sku, "site": event.site, **outcome.drift})
+            if outcome.reservation_consumed:
+                metrics.RESERVATIONS.labels("consumed").inc()
         for (topic, source, status), n in counts.items():
             _folded_counter(topic, source, status).inc(n)
+            self.watcher.folded(source, status, n)
         return failed
 
     async def _fold_one_by_one(
@@ -301,6 +368,7 @@ class BatchFolder:
             await self.dead_letters.send(records)
 
         await self._retry("dead-letter", send, _any_error, "kafka")
+        self.watcher.dead_lettered([dead_letter_summary(r, now) for r in rejected])
         for r in rejected:
             metrics.EVENTS_DEAD_LETTERED.labels(r.code).inc()
             log.info(
@@ -382,6 +450,7 @@ __all__ = [
     "BatchAbandoned",
     "BatchFolder",
     "DeadLetterSink",
+    "FoldWatcher",
     "InboundMessage",
     "PreparedBatch",
     "Rejected",

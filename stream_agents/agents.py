@@ -27,8 +27,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from atp_service import metrics
+from atp_service.store.ops import PartitionLag
 from atp_service.store.replay_marks import replayed_from
 from stream_agents._folding import BatchAbandoned, BatchFolder, InboundMessage, PreparedBatch
+from stream_agents.lag import LagMeter
+from stream_agents.records import TOPIC_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +77,15 @@ class InboundAgent:
         self._stopped = asyncio.Event()
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
-        #: The batch Redis is folding: its task and the offsets to commit once it is done.
-        self._in_flight: tuple[asyncio.Future[None], dict[TopicPartition, int]] | None = None
+        #: The batch Redis is folding: its task, the offsets to commit once it is done, and
+        #: its number for the lag meter.
+        self._in_flight: tuple[asyncio.Future[None], dict[TopicPartition, int], int] | None = None
         #: Offsets of folded batches not yet committed (a commit may fail; it is retried).
         self._uncommitted: dict[TopicPartition, int] = {}
         self._lag_gauges: dict[TopicPartition, Any] = {}
+        self._sync_gauges: dict[TopicPartition, Any] = {}
+        #: Sync lag in seconds per partition (stream_agents/lag.py).
+        self.lag = LagMeter()
         #: Set when a batch was abandoned outside the main loop (in a rebalance).
         self._abandoned: BatchAbandoned | None = None
         self.folded_batches = 0
@@ -105,6 +112,7 @@ class InboundAgent:
                     backoff = min(backoff * 2, _START_RETRY_MAX_SECONDS)
                     continue
                 backoff = 0.2
+                self.lag.reset()
                 self._consumer = consumer
                 try:
                     await self._consume(consumer)
@@ -133,7 +141,9 @@ class InboundAgent:
                 )
                 prepared: PreparedBatch | None = None
                 offsets: dict[TopicPartition, int] = {}
+                number = 0
                 if records:
+                    number = self.lag.fetched(records)
                     messages = [
                         InboundMessage(
                             tp.topic,
@@ -157,7 +167,7 @@ class InboundAgent:
                     if prepared is not None:
                         prepared, offsets = self._still_assigned(consumer, prepared, offsets)
                         task = asyncio.ensure_future(self._fold(prepared))
-                        self._in_flight = (task, offsets)
+                        self._in_flight = (task, offsets, number)
                         await asyncio.sleep(0)  # let it send its pipeline first
                     # The batch before is folded: commit it while Redis folds this one.
                     await self._commit(consumer)
@@ -190,9 +200,10 @@ class InboundAgent:
         """Wait for the batch in flight; once folded, its offsets are committed (``commit``)
         or left for the next ``_commit``."""
         if self._in_flight is not None:
-            task, offsets = self._in_flight
+            task, offsets, number = self._in_flight
             self._in_flight = None
             await task  # BatchAbandoned: not folded, so not committed
+            self.lag.folded(number)
             self._uncommitted.update(offsets)
             self.folded_batches += 1
         if commit:
@@ -232,14 +243,44 @@ class InboundAgent:
     def _record_lag(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         for tp, next_offset in offsets.items():
             highwater = consumer.highwater(tp)
-            if highwater is None:
-                continue
-            gauge = self._lag_gauges.get(tp)
+            if highwater is not None:
+                self._message_lag_gauge(tp).set(max(0, highwater - next_offset))
+
+    def _message_lag_gauge(self, tp: TopicPartition) -> Any:
+        gauge = self._lag_gauges.get(tp)
+        if gauge is None:
+            gauge = self._lag_gauges[tp] = metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition))
+        return gauge
+
+    def partition_lags(self) -> list[PartitionLag]:
+        """Sync lag of every partition assigned now (also set on ``atp_sync_lag_seconds``); none
+        while the worker has no consumer (the broker is unreachable at start)."""
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        out: list[PartitionLag] = []
+        for tp in sorted(consumer.assignment()):
+            lag_ms, behind = self.lag.lag(tp, consumer.highwater(tp))
+            source = TOPIC_SOURCES.get(tp.topic)
+            source_name = source.value if source is not None else tp.topic
+            gauge = self._sync_gauges.get(tp)
             if gauge is None:
-                gauge = self._lag_gauges[tp] = metrics.CONSUMER_LAG.labels(
-                    tp.topic, str(tp.partition)
+                gauge = self._sync_gauges[tp] = metrics.SYNC_LAG.labels(
+                    tp.topic, str(tp.partition), source_name
                 )
-            gauge.set(max(0, highwater - next_offset))
+            gauge.set(lag_ms / 1000)
+            if behind is not None:
+                self._message_lag_gauge(tp).set(behind)
+            out.append(
+                {
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "source": source_name,
+                    "lag_ms": lag_ms,
+                    "lag_messages": behind,
+                }
+            )
+        return out
 
 
 class _SettleOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -257,6 +298,11 @@ class _SettleOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self.agent._settle(consumer)
             except BatchAbandoned as exc:
                 self.agent._abandoned = exc  # the main loop stops on it
+            self.agent.lag.forget(revoked)
+            for tp in revoked:  # another worker's to report now
+                gauge = self.agent._sync_gauges.pop(tp, None)
+                if gauge is not None:
+                    gauge.set(0)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         return None

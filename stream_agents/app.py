@@ -21,17 +21,20 @@ from mode.types.signals import BaseSignalT
 from prometheus_client import start_http_server
 
 from atp_service import metrics
+from atp_service.audit import audit_periodically
 from atp_service.config import DLQ_TOPIC, EVENTS_TOPIC, INBOUND_TOPICS, Settings, get_settings
 from atp_service.events import OutboxRelay, PublishStalled, relay_consumer_name
 from atp_service.gc_tuning import tune_for_service
 from atp_service.logs import json_logging_config
 from atp_service.store import KeySpace, RedisStore, connect
 from atp_service.store.duty import Duty
+from atp_service.store.ops import OpsStore
 from atp_service.store.replay_marks import ReplayMarks
 from atp_service.store.reservations import ExpirySweeper, ReservationStore
 from stream_agents._folding import BatchAbandoned, BatchFolder
 from stream_agents._kafka import DeadLetterTopic, LazyProducer
 from stream_agents.agents import InboundAgent
+from stream_agents.report import WorkerReporter
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,9 @@ class WorkerRuntime:
         self.producer = LazyProducer(
             settings.bootstrap_servers, client_id=f"{settings.worker_app_id}-out"
         )
+        holder = relay_consumer_name("worker")
+        self.ops = OpsStore(self.redis)
+        self.reporter = WorkerReporter(self.ops, holder, lambda: self.inbound.partition_lags())
         self.folder = BatchFolder(
             self.store,
             DeadLetterTopic(self.producer, DLQ_TOPIC),
@@ -64,6 +70,7 @@ class WorkerRuntime:
             initial_policies=settings.load_channel_policies(),
             should_give_up=lambda: bool(app.should_stop),
             replay_marks=ReplayMarks(self.redis),
+            watcher=self.reporter,
         )
         self.inbound = InboundAgent(
             self.folder,
@@ -87,13 +94,19 @@ class WorkerRuntime:
             claim_idle_ms=settings.relay_claim_idle_ms,
             linger_ms=settings.relay_linger_ms,
         )
-        holder = relay_consumer_name("worker")
         self.relay_duty = Duty(self.redis, "relay", holder=holder)
+        self.reservations = ReservationStore(
+            self.store, idempotency_ttl_seconds=settings.idempotency_ttl_seconds
+        )
         self.sweeper = ExpirySweeper(
-            ReservationStore(self.store, idempotency_ttl_seconds=settings.idempotency_ttl_seconds),
+            self.reservations,
             settings.expiry_sweep_interval_seconds,
             duty=Duty(self.redis, "expiry", holder=holder),
         )
+        self.holder = holder
+        self.audit_interval = settings.worker_audit_interval_seconds
+        #: Stops the report and audit loops (``close``).
+        self._ops_stop = asyncio.Event()
         self._stop: asyncio.Event | None = None
         self._relay_done: asyncio.Event | None = None
 
@@ -120,6 +133,21 @@ class WorkerRuntime:
                 log.warning("outbox relay: %s; starting a new Kafka producer", exc)
                 await self.producer.drop()
 
+    async def run_reports(self) -> None:
+        """The operators' figures (stream_agents/report.py) and the periodic audit."""
+        loops = [self.reporter.run(self._ops_stop)]
+        if self.audit_interval:
+            loops.append(
+                audit_periodically(
+                    self.reservations,
+                    self.ops,
+                    every_seconds=self.audit_interval,
+                    holder=self.holder,
+                    stop=self._ops_stop,
+                )
+            )
+        await asyncio.gather(*loops)
+
     async def report_backlog(self) -> None:
         try:
             metrics.OUTBOX_BACKLOG.set(await self.store.outbox_backlog())
@@ -130,6 +158,7 @@ class WorkerRuntime:
         """Stop the inbound agent (its batch in flight folded and committed), let the relay
         finish its round, then close the clients."""
         await self.inbound.stop(SHUTDOWN_GRACE_SECONDS)
+        self._ops_stop.set()
         if self._stop is not None and self._relay_done is not None:
             self._stop.set()
             with contextlib.suppress(TimeoutError):
@@ -169,6 +198,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
     runtime = WorkerRuntime(settings, app)
     app.task(runtime.inbound.run)
     app.task(runtime.run_relay)
+    app.task(runtime.run_reports)
     app.timer(BACKLOG_EVERY_SECONDS)(runtime.report_backlog)
 
     async def close_runtime(

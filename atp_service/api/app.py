@@ -18,6 +18,7 @@ from atp_service.api.middleware import RequestContextMiddleware
 from atp_service.api.routes import DOCUMENTED_MODELS, ROUTERS
 from atp_service.api.routes.reservations import run_expiry_sweeper
 from atp_service.api.state import STORE_ERRORS, ApiState, BackgroundTask
+from atp_service.api.sync_view import follow_sync
 from atp_service.config import Settings, get_settings
 from atp_service.store import connect
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 #: Tasks run beside the API for its lifetime, each ``async def task(state, stop)``;
 #: they see the connected ``ApiState`` and must return soon after ``stop`` is set.
-BACKGROUND_TASKS: list[BackgroundTask] = [run_expiry_sweeper]
+BACKGROUND_TASKS: list[BackgroundTask] = [run_expiry_sweeper, follow_sync]
 
 
 def telemetry_config(settings: Settings) -> TelemetryConfig:

@@ -66,6 +66,20 @@ class SiteAvailability(BaseModel):
     as_of: str | None = Field(
         description="RFC 3339 time of the item-site's last change; null if never seen."
     )
+    sources: dict[str, str] = Field(
+        description="Per source that has sent anything for this item-site (`wms`, `erp`, ...), "
+        "the occurred_at (RFC 3339 UTC) of the newest event of that source folded into it, "
+        "whether or not it changed a quantity.",
+        examples=[{"wms": "2026-11-23T10:00:46.120Z", "erp": "2026-11-23T09:12:03.000Z"}],
+    )
+
+
+class SourceSync(BaseModel):
+    lag_seconds: float | None = Field(
+        description="How long the oldest inbound event of this source not yet folded has "
+        "waited (0 when the fold is caught up); null when no worker has measured it."
+    )
+    as_of: str | None = Field(description="When the workers took that measure.")
 
 
 class Availability(BaseModel):
@@ -76,6 +90,10 @@ class Availability(BaseModel):
     as_of: str | None = Field(
         description="The latest as_of among the sites: the answer reflects every change "
         "up to this time. Null when no site has ever seen the sku."
+    )
+    sync: dict[str, SourceSync] = Field(
+        description="Per source, how far the fold is behind what it sent: with `sources`, "
+        "tells a quiet item (sync caught up, source quiet) from a stale one (sync behind)."
     )
 
 

@@ -21,6 +21,7 @@ from atp_service import metrics
 from atp_service.api.auth import KeyRing
 from atp_service.api.limits import RateLimiter, limits_of
 from atp_service.api.middleware import ACCESS_LOG
+from atp_service.api.sync_view import SyncView
 from atp_service.config import EVENTS_TOPIC, Settings
 from atp_service.domain import ChannelPolicy, SiteAttributes, SiteBook
 from atp_service.events import KafkaPublisher, OutboxRelay, PublishStalled, relay_consumer_name
@@ -72,6 +73,8 @@ class ApiState:
         self.site_book_loaded = False
         #: The time the promise plans from (UTC); tests fix it.
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        #: The ``sync`` of the answers (api/sync_view.py); replaced, never mutated.
+        self.sync = SyncView.unmeasured()
         self.kafka_connected = False
         self.stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -75,6 +75,8 @@ class ItemSitePosition:
 
     ``in_transit_by_eta`` maps an expected arrival date to units; ``None`` holds inbound
     whose ETA is unknown. ``safety_stock_override`` beats every channel's safety stock.
+    ``sources`` maps each source heard from (``wms``, ``erp``, ...) to the ``occurred_at``
+    (epoch ms) of the newest event of that source folded into the item-site.
     """
 
     on_hand: int = 0
@@ -85,6 +87,7 @@ class ItemSitePosition:
     safety_stock_override: int | None = None
     version: int = 0
     as_of_ms: int = 0
+    sources: dict[str, int] = field(default_factory=dict)
 
     @property
     def in_transit(self) -> int:

@@ -29,6 +29,7 @@ F_SAFETY_STOCK = "ss"
 IN_TRANSIT_PREFIX = "t:"  # "t:<epoch day of ETA>" or "t:-" for an unknown ETA
 IN_TRANSIT_NO_ETA = "t:-"
 SEQ_PREFIX = "q:"  # "q:<source>" -> last folded source_seq
+SOURCE_PREFIX = "o:"  # "o:<source>" -> occurred_at (epoch ms) of the newest event it folded
 
 BUCKET_FIELDS = {
     "on_hand": F_ON_HAND,
@@ -49,6 +50,16 @@ DLQ_REPLAYED = f"{PREFIX}:dlq:replayed"
 #: Pub/sub channel on which every script that changes a position publishes it as it now is
 #: (``announce`` in lua/_lib.lua, which spells it out too); position_cache.py follows it.
 CHANGES_CHANNEL = f"{PREFIX}:changes"
+
+# What the workers report for operators (store/ops.py): not stock, only about it.
+OPS_WORKERS = f"{PREFIX}:ops:workers"  # hash: worker -> its last report (JSON)
+OPS_DEAD_LETTERS = f"{PREFIX}:ops:dlq"  # list: the latest dead letters, newest first
+OPS_DEAD_LETTER_COUNTS = f"{PREFIX}:ops:dlq:counts"  # hash: code -> dead letters
+OPS_DRIFTS = f"{PREFIX}:ops:drift"  # list: the latest drift records, newest first
+OPS_DRIFT_COUNTS = f"{PREFIX}:ops:drift:counts"  # hash: "<bucket>:events" / ":units" -> n
+OPS_FOLDED_COUNTS = f"{PREFIX}:ops:folded"  # hash: "<source>:<outcome>" -> inbound events
+OPS_AUDIT = f"{PREFIX}:ops:audit"  # the last audit's result (JSON)
+OPS_AUDIT_LOCK = f"{PREFIX}:ops:audit:lock"  # held by the worker auditing, one interval long
 
 
 def group_of(sku: str, site: str, groups: int) -> int:

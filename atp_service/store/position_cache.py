@@ -4,7 +4,8 @@ Every script that changes a position also publishes the position as it now is on
 ``keys.CHANGES_CHANNEL`` (``announce`` in ``lua/_lib.lua``). ``PositionCache`` subscribes to
 that channel and keeps a bounded copy of positions: those it was asked for, and, while there
 is room, every one announced (a change is a read for free); it replaces an entry whenever a
-newer version of it arrives, and reads what it lacks from Redis.
+newer version of it arrives (or, at the same version, fresher sources: an unchanged fold
+that was heard from its source), and reads what it lacks from Redis.
 
 How stale an answer can be, and why:
 
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from datetime import date
@@ -51,10 +53,47 @@ _PUSH_LAG = metrics.POSITION_PUSH_LAG
 #: a tuple of numbers, dates and such tuples (not one holding a dict), so half a million of
 #: them cost a full collection nothing; as dataclass instances they cost it 100-130 ms, a
 #: pause every request in flight feels.
+#: ``sources`` is held as the announcement spells it (``sources_text``): one short string,
+#: parsed only when a site answer is rendered from the position.
 InTransit = tuple[tuple[date | None, int], ...]
-RawPosition = tuple[int, int, int, int, InTransit, int | None, int, int]
+RawPosition = tuple[int, int, int, int, InTransit, int | None, int, int, str]
 VERSION: Final = 6  # index of ``version`` in a RawPosition
 AS_OF_MS: Final = 7  # index of ``as_of_ms``
+SOURCES: Final = 8  # index of the sources text
+NO_SOURCES: Final = "-"
+
+
+def sources_text(sources: dict[str, int]) -> str:
+    """``"<source>:<ms>,..."`` by source name, ``"-"`` for none (``sources_token``, _lib.lua)."""
+    if not sources:
+        return NO_SOURCES
+    return ",".join([f"{name}:{ms}" for name, ms in sorted(sources.items())])
+
+
+def sources_of(text: str) -> dict[str, int]:
+    if text == NO_SOURCES:
+        return {}
+    out: dict[str, int] = {}
+    for item in text.split(","):
+        name, _, ms = item.partition(":")
+        out[name] = int(ms)
+    return out
+
+
+def _heard_sum(text: str) -> int:
+    """Sum of the sources' times: with each source's time only ever growing (fold.lua keeps the
+    newest), a larger sum at the same version is a later state of the item-site."""
+    if text == NO_SOURCES:
+        return 0
+    return sum([int(item.partition(":")[2]) for item in text.split(",")])
+
+
+def is_newer(held: RawPosition, than: RawPosition) -> bool:
+    """``held`` is a later state of the item-site than ``than``: a higher version or, at the
+    same version (an unchanged fold that was heard from its source), fresher sources."""
+    if held[VERSION] != than[VERSION]:
+        return held[VERSION] > than[VERSION]
+    return held[SOURCES] != than[SOURCES] and _heard_sum(held[SOURCES]) > _heard_sum(than[SOURCES])
 
 
 def raw(position: ItemSitePosition) -> RawPosition:
@@ -67,6 +106,7 @@ def raw(position: ItemSitePosition) -> RawPosition:
         position.safety_stock_override,
         position.version,
         position.as_of_ms,
+        sources_text(position.sources),
     )
 
 
@@ -80,6 +120,7 @@ def position_of(held: RawPosition) -> ItemSitePosition:
         safety_stock_override=held[5],
         version=held[6],
         as_of_ms=held[7],
+        sources=sources_of(held[8]),
     )
 
 
@@ -96,9 +137,9 @@ def _raw_from_announcement(text: str) -> tuple[str, RawPosition]:
 
 def _raw_from_parts(parts: list[str]) -> RawPosition:
     in_transit: InTransit = ()
-    if len(parts) > 8:
+    if len(parts) > 9:
         by_eta: list[tuple[date | None, int]] = []
-        for item in parts[8:]:
+        for item in parts[9:]:
             eta, _, qty = item.partition(":")
             by_eta.append((None if eta == "-" else date_of_epoch_day(int(eta)), int(qty)))
         in_transit = tuple(by_eta)
@@ -112,7 +153,15 @@ def _raw_from_parts(parts: list[str]) -> RawPosition:
         None if ss == "-" else int(ss),
         int(parts[1]),
         int(parts[2]),
+        _checked_sources(parts[8]),
     )
+
+
+def _checked_sources(text: str) -> str:
+    """The sources part, held as text: parsed once here so that a malformed one is refused
+    on arrival (ValueError), not when an answer is rendered."""
+    sources_of(text)
+    return sys.intern(text) if text == NO_SOURCES else text
 
 
 class PositionCache:
@@ -230,7 +279,7 @@ class PositionCache:
         for (ident, indexes), position in zip(missing.items(), fetched, strict=True):
             held = raw(position)
             newer = announced.get(ident)
-            if newer is not None and newer[VERSION] > held[VERSION]:
+            if newer is not None and is_newer(newer, held):
                 held = newer
             if ident not in filling:
                 announced.pop(ident, None)
@@ -243,7 +292,7 @@ class PositionCache:
         entries = self._entries
         current = entries.get(ident)
         if current is not None:
-            if held[VERSION] > current[VERSION]:
+            if is_newer(held, current):
                 entries[ident] = held
             return
         if len(entries) >= self.max_entries:
@@ -279,20 +328,29 @@ class PositionCache:
         self.apply_lines(text)
 
     def _apply(self, text: str) -> int:
-        """Take one announced line; returns its ``as_of`` ms if it was new to the copy, else 0.
-        The version is read first: an echo of this process's own write, or an older version,
-        costs no more than that."""
+        """Take one announced line; returns its ``as_of`` ms if it was a new version to the
+        copy, else 0. The version is read first: an echo of this process's own write, or an
+        older version, costs no more than that (and the sources' text, at the same version)."""
         parts = text.split(" ")
         ident = parts[0]
         entries = self._entries
         current = entries.get(ident)
+        new_version = True
         try:
             if current is not None:
-                if int(parts[1]) <= current[VERSION]:
+                version = int(parts[1])
+                if version < current[VERSION]:
                     return 0
+                if version == current[VERSION]:
+                    # An unchanged fold heard from its source: only fresher sources count.
+                    if parts[8] == current[SOURCES]:
+                        return 0
+                    new_version = False
             elif ident not in self._filling and len(entries) >= self.max_entries:
                 return 0  # full: only what was asked for is kept current
             held = _raw_from_parts(parts)
+            if not new_version and not is_newer(held, current):  # type: ignore[arg-type]
+                return 0
         except (ValueError, IndexError):
             log.warning("unreadable position announcement %r; dropping its entry", text[:200])
             entries.pop(ident, None)
@@ -301,11 +359,12 @@ class PositionCache:
             entries[ident] = held
         elif ident in self._filling:
             earlier = self._announced_while_filling.get(ident)
-            if earlier is None or held[VERSION] > earlier[VERSION]:
+            if earlier is None or is_newer(held, earlier):
                 self._announced_while_filling[ident] = held
         else:
             entries[ident] = held  # room left: a change announced is a position read for free
-        return held[AS_OF_MS]
+        # The push lag is measured from a change's time; fresher sources change no as_of.
+        return held[AS_OF_MS] if new_version else 0
 
     def publish_counts(self) -> None:
         """Add the reads counted since the last call to ``atp_position_reads_total``."""

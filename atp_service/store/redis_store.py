@@ -7,7 +7,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from hashlib import blake2b
 from importlib import resources
 from typing import Any, cast
@@ -154,6 +154,8 @@ class FoldOutcome:
     changes_emitted: int
     drift: dict[str, Any] | None
     error: str | None = None
+    #: The event was the allocation that consumed its reservation (every line allocated).
+    reservation_consumed: bool = False
 
 
 @dataclass(slots=True)
@@ -178,6 +180,27 @@ class PreparedFold:
     sites: frozenset[str]
 
 
+_OCCURRED_MS: dict[str, int | None] = {}
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def occurred_ms(text: str) -> int | None:
+    """Epoch ms of an RFC 3339 ``occurred_at`` (None if unreadable). Events of a batch share a
+    handful of times: the ones already read are remembered."""
+    ms = _OCCURRED_MS.get(text, -1)
+    if ms != -1:
+        return ms
+    try:
+        ms = (datetime.fromisoformat(text.upper()) - _EPOCH_UTC) // _MS
+    except (ValueError, TypeError):  # not a time, or one without an offset
+        ms = None
+    if len(_OCCURRED_MS) >= 4096:
+        _OCCURRED_MS.clear()
+    _OCCURRED_MS[text] = ms
+    return ms
+
+
 def _fold_body(event: InventoryDelta | InventorySnapshot) -> dict[str, Any]:
     """An event as fold.lua reads it."""
     body: dict[str, Any] = {
@@ -188,6 +211,9 @@ def _fold_body(event: InventoryDelta | InventorySnapshot) -> dict[str, Any]:
         "site": event.site,
         "corr": event.correlation_id,
     }
+    oa = occurred_ms(event.occurred_at)
+    if oa is not None:
+        body["oa"] = oa
     if isinstance(event, InventoryDelta):
         body["k"] = "d"
         body["b"] = _BUCKET_CODES[event.bucket]
@@ -295,10 +321,13 @@ class SiteTable:
 def position_from_hash(raw: dict[str, str]) -> ItemSitePosition:
     """Decode a position hash (see keys.py for the field names)."""
     in_transit: dict[date | None, int] = {}
+    sources: dict[str, int] = {}
     for name, value in raw.items():
         if name.startswith(k.IN_TRANSIT_PREFIX):
             eta = name[len(k.IN_TRANSIT_PREFIX) :]
             in_transit[None if eta == "-" else date_of_epoch_day(int(eta))] = int(value)
+        elif name.startswith(k.SOURCE_PREFIX):
+            sources[name[len(k.SOURCE_PREFIX) :]] = int(value)
     ss = raw.get(k.F_SAFETY_STOCK)
     return ItemSitePosition(
         on_hand=int(raw.get(k.F_ON_HAND, 0)),
@@ -309,6 +338,7 @@ def position_from_hash(raw: dict[str, str]) -> ItemSitePosition:
         safety_stock_override=int(ss) if ss is not None else None,
         version=int(raw.get(k.F_VERSION, 0)),
         as_of_ms=int(raw.get(k.F_AS_OF_MS, 0)),
+        sources=dict(sorted(sources.items())),
     )
 
 
@@ -421,6 +451,7 @@ class RedisStore:
                     outcomes[index] = FoldOutcome(
                         str(status), int(version), int(emitted),
                         orjson.loads(detail) if detail else None,
+                        reservation_consumed=len(flat) == 5 and flat[4] == "consumed",
                     )  # fmt: skip
         return outcomes  # type: ignore[return-value]  # one call covers every event
 

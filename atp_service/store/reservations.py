@@ -354,13 +354,15 @@ class ReservationStore:
 
     # -- audit ---------------------------------------------------------------------------
 
-    async def audit(self) -> list[AuditDifference]:
+    async def audit(self, statuses: dict[str, int] | None = None) -> list[AuditDifference]:
         """Item-sites whose ``reserved`` differs from their active reservation lines.
 
         Reads are not one snapshot; a difference seen once is read again (up to three
         times) and reported only if it persists, so a busy system does not cry wolf.
+        ``statuses``, when given, receives the number of reservation records by status
+        (those of the first pass: the scan reads every record anyway).
         """
-        differences = await self._audit_pass()
+        differences = await self._audit_pass(statuses)
         for _ in range(2):
             if not differences:
                 break
@@ -369,7 +371,7 @@ class ReservationStore:
             differences = [again[(d.sku, d.site)] for d in differences if (d.sku, d.site) in again]
         return differences
 
-    async def _audit_pass(self) -> list[AuditDifference]:
+    async def _audit_pass(self, statuses: dict[str, int] | None = None) -> list[AuditDifference]:
         expected: dict[tuple[str, str], int] = defaultdict(int)
         records = [
             key async for key in self.redis.scan_iter(match=record_pattern(), count=_SCAN_COUNT)
@@ -381,6 +383,8 @@ class ReservationStore:
             for status, lines in await pipe.execute():
                 if status is None or lines is None:
                     continue
+                if statuses is not None:
+                    statuses[status] = statuses.get(status, 0) + 1
                 if not ReservationStatus(status).active:
                     continue
                 for line in orjson.loads(lines):

@@ -22,7 +22,7 @@ from atp_service.domain.reservations import (
     ReservationStatus,
     ShortLine,
 )
-from atp_service.store import PolicyBook, RedisStore
+from atp_service.store import FoldOutcome, PolicyBook, RedisStore
 from atp_service.store.redis_store import outbox_records
 from atp_service.store.reservation_keys import reservation_keys
 from atp_service.store.reservations import EXPIRE_CHUNK, Placed, ReservationStore
@@ -49,7 +49,7 @@ async def receive(
 
 async def allocate(
     store: RedisStore, sku: str, site: str, qty: int, rid: str | None, corr: str | None = None
-) -> None:
+) -> FoldOutcome:
     [outcome] = await store.fold_many(
         [
             InventoryDelta(
@@ -67,6 +67,7 @@ async def allocate(
         OPEN,
     )
     assert outcome.status == "folded"
+    return outcome
 
 
 async def reserved(store: RedisStore, sku: str, site: str) -> int:
@@ -627,12 +628,14 @@ async def test_allocation_for_a_reservation_moves_reserved_to_allocated(
         await place(reservations, request((a, site, 3), (b, site, 2)))
     ).reservation.reservation_id
 
-    await allocate(store, a, site, 2, rid)
+    assert not (await allocate(store, a, site, 2, rid)).reservation_consumed
     assert (await reserved(store, a, site), await allocated(store, a, site)) == (1, 2)
     assert (await reservations.get(rid, caller=None)).status is ReservationStatus.HELD
 
-    await allocate(store, a, site, 1, rid)
-    await allocate(store, b, site, 2, rid, corr="wms-pick-9")
+    assert not (await allocate(store, a, site, 1, rid)).reservation_consumed
+    # The allocation of the last line consumes the reservation, and says so (the worker
+    # counts it in atp_reservations_total{status="consumed"}).
+    assert (await allocate(store, b, site, 2, rid, corr="wms-pick-9")).reservation_consumed
 
     consumed = await reservations.get(rid, caller=None)
     assert consumed.status is ReservationStatus.CONSUMED

@@ -85,9 +85,8 @@ class Api:
     ) -> None:
         """Fold one delta, as the stream worker would, and make the site known."""
         source = Source.ERP if bucket is Bucket.IN_TRANSIT else Source.WMS
-        event = InventoryDelta(
-            random_event_id(), source, sku, site, bucket, qty, "2026-11-23T05:00:00Z", **kw
-        )
+        occurred_at = kw.pop("occurred_at", "2026-11-23T05:00:00Z")
+        event = InventoryDelta(random_event_id(), source, sku, site, bucket, qty, occurred_at, **kw)
         await self.store.fold_many([event], PolicyBook.of({}))
         await self.store.register_sites([site])
         await self.state.refresh_sites()

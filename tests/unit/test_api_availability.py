@@ -20,7 +20,7 @@ from tests.unit.api_harness import READER, Api, make_settings, running_api
 
 SITE_FIELDS = {
     "site", "atp", "on_hand", "allocated", "quarantined", "reserved", "in_transit",
-    "version", "as_of",
+    "version", "as_of", "sources",
 }  # fmt: skip
 CHANNELS = {
     "web": {"share": 50, "safety_stock": 2},
@@ -50,7 +50,7 @@ async def test_an_answer_has_exactly_the_contract_shape(api: Api) -> None:
 
     body = await get(api, sku, site="DC-1")
 
-    assert set(body) == {"sku", "channel", "atp", "sites", "as_of"}
+    assert set(body) == {"sku", "channel", "atp", "sites", "as_of", "sync"}
     assert (body["sku"], body["channel"], body["atp"]) == (sku, "marketplace", 35)
     (site,) = body["sites"]
     assert set(site) == SITE_FIELDS
@@ -66,7 +66,7 @@ async def test_a_sku_never_seen_is_atp_zero_not_404(api: Api) -> None:
     assert body["atp"] == 0 and body["as_of"] is None
     assert body["sites"][0] == {
         "site": "DC-1", "atp": 0, "on_hand": 0, "allocated": 0, "quarantined": 0,
-        "reserved": 0, "in_transit": 0, "version": 0, "as_of": None,
+        "reserved": 0, "in_transit": 0, "version": 0, "as_of": None, "sources": {},
     }  # fmt: skip
 
 

@@ -258,3 +258,55 @@ async def test_preparing_with_turns_of_the_loop_prepares_the_same_batch() -> Non
     ]
     assert yielding.fold == plain.fold
     assert turns >= 7  # the loop ran between chunks
+
+
+class Watcher:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int]] = []
+        self.dead_letters: list[dict[str, Any]] = []
+        self.drifts: list[dict[str, Any]] = []
+
+    def folded(self, source: str, outcome: str, n: int) -> None:
+        self.seen.append((source, outcome, n))
+
+    def dead_lettered(self, entries: Sequence[Any]) -> None:
+        self.dead_letters.extend(entries)
+
+    def drifted(self, entry: Any) -> None:
+        self.drifts.append(dict(entry))
+
+
+async def test_the_watcher_sees_what_was_folded_dead_lettered_and_consumed() -> None:
+    from prometheus_client import REGISTRY
+
+    store, letters = FakeStore(), FakeDeadLetters()
+    watcher = Watcher()
+
+    original = store._fold
+
+    def consuming(event: Event) -> FoldOutcome | None:
+        outcome = original(event)
+        if outcome is not None and event.event_id == "alloc":
+            return FoldOutcome("folded", outcome.version, 0, None, reservation_consumed=True)
+        if outcome is not None and event.event_id == "snap":
+            drift = {"event_id": "snap", "buckets": {"on_hand": {"folded": 3, "snapshot": 5}}}
+            return FoldOutcome("folded", outcome.version, 0, drift)
+        return outcome
+
+    store._fold = consuming  # type: ignore[method-assign]
+    before = REGISTRY.get_sample_value("atp_reservations_total", {"status": "consumed"}) or 0
+    folder = folder_for(store, letters, watcher=watcher)
+    batch = [message("e1"), message("e1"), message("alloc"), message("snap"), garbage()]
+    await folder.handle(batch)
+
+    assert sorted(watcher.seen) == [("wms", "duplicate", 1), ("wms", "folded", 3)]
+    assert [(d["code"], d["topic"], d["source"], d["key"]) for d in watcher.dead_letters] == [
+        ("malformed_json", "wms.inventory.v1", "wms", "SKU-1@DC-1")
+    ]
+    assert watcher.dead_letters[0]["value"] == "{{{"
+    assert watcher.drifts == [
+        {"sku": "SKU-1", "site": "DC-1", "event_id": "snap",
+         "buckets": {"on_hand": {"folded": 3, "snapshot": 5}}}
+    ]  # fmt: skip
+    after = REGISTRY.get_sample_value("atp_reservations_total", {"status": "consumed"})
+    assert after == before + 1

@@ -12,7 +12,12 @@ import pytest
 
 from atp_service.domain import ItemSite, ItemSitePosition
 from atp_service.store import RedisStore
-from atp_service.store.position_cache import PositionCache, position_from_announcement
+from atp_service.store.position_cache import (
+    PositionCache,
+    position_from_announcement,
+    sources_of,
+    sources_text,
+)
 
 A = ItemSite("SKU-1", "DC-EAST")
 
@@ -33,9 +38,11 @@ class FakeStore:
         return answer
 
 
-def announcement(version: int, on_hand: int, *extra: str, ident: str = "SKU-1@DC-EAST") -> str:
+def announcement(
+    version: int, on_hand: int, *extra: str, ident: str = "SKU-1@DC-EAST", sources: str = "-"
+) -> str:
     return " ".join(
-        [ident, str(version), "1764625000123", str(on_hand), "2", "1", "3", "-", *extra]
+        [ident, str(version), "1764625000123", str(on_hand), "2", "1", "3", "-", sources, *extra]
     )
 
 
@@ -51,9 +58,33 @@ def test_an_announcement_decodes_to_the_position_it_describes() -> None:
     assert (pos.on_hand, pos.allocated, pos.quarantined, pos.reserved) == (40, 2, 1, 3)
     assert (pos.version, pos.as_of_ms, pos.safety_stock_override) == (7, 1764625000123, None)
     assert pos.in_transit_by_eta == {date(2025, 11, 8): 5, None: 2, date(2025, 11, 9): -1}
-    _, with_override = position_from_announcement("X@Y 1 2 3 4 5 6 9")
+    assert pos.sources == {}
+    _, with_override = position_from_announcement("X@Y 1 2 3 4 5 6 9 erp:17,wms:1764625000001")
     assert with_override.safety_stock_override == 9
     assert with_override.in_transit_by_eta == {}
+    assert with_override.sources == {"erp": 17, "wms": 1764625000001}
+
+
+def test_sources_are_spelt_as_the_lua_scripts_spell_them() -> None:
+    assert sources_text({"wms": 20, "erp": 10}) == "erp:10,wms:20"
+    assert sources_text({}) == "-"
+    assert sources_of(sources_text({"wms": 20, "erp": 10})) == {"erp": 10, "wms": 20}
+
+
+async def test_the_same_version_with_fresher_sources_replaces_the_entry() -> None:
+    """An unchanged fold keeps the version and tells only that its source was heard from."""
+    store = FakeStore()
+    store.positions[A] = ItemSitePosition(on_hand=10, version=3, sources={"wms": 100})
+    cache = subscribed_cache(store)
+    await cache.read([A])
+    cache.apply(announcement(3, 10, sources="wms:200"))
+    cache.apply(announcement(3, 10, sources="wms:150"))  # late, older: ignored
+    [pos] = await cache.read([A])
+    assert (pos.version, pos.sources) == (3, {"wms": 200})
+    cache.apply(announcement(3, 10, sources="erp:50,wms:200"))
+    [pos] = await cache.read([A])
+    assert pos.sources == {"erp": 50, "wms": 200}
+    assert len(store.reads) == 1
 
 
 async def test_reads_go_to_redis_until_the_subscription_is_confirmed() -> None:
@@ -150,7 +181,10 @@ async def test_the_copy_holds_at_most_max_entries() -> None:
     assert len(cache) == 3
 
 
-@pytest.mark.parametrize("text", ["", "X@Y 1 2", "X@Y one 2 3 4 5 6 -", "X@Y 1 2 3 4 5 6 - 1:x"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "X@Y 1 2", "X@Y one 2 3 4 5 6 - -", "X@Y 1 2 3 4 5 6 - - 1:x", "X@Y 1 2 3 4 5 6 - wms:x"],
+)
 async def test_an_unreadable_announcement_drops_the_entry_instead_of_serving_it(text: str) -> None:
     store = FakeStore()
     cache = subscribed_cache(store)

@@ -32,6 +32,7 @@ from atp_service.api.schemas import (
     AvailabilityBatchRequest,
 )
 from atp_service.api.state import ApiState
+from atp_service.api.sync_view import with_sync
 from atp_service.domain import (
     ChannelPolicy,
     ItemSite,
@@ -68,6 +69,7 @@ def _site_body(site: str, pos: ItemSitePosition, atp: int) -> dict[str, Any]:
         "in_transit": pos.in_transit,
         "version": pos.version,
         "as_of": iso_from_ms(pos.as_of_ms) if pos.as_of_ms else None,
+        "sources": {source: iso_from_ms(ms) for source, ms in pos.sources.items()},
     }
 
 
@@ -142,7 +144,8 @@ async def availability(
     state: ApiState, channel: str, queries: Sequence[tuple[str, str | None]]
 ) -> list[dict[str, Any]]:
     """One answer per (sku, site or None for the channel's sites), from the in-process copy
-    of the positions, or one Redis round trip for what it lacks."""
+    of the positions, or one Redis round trip for what it lacks; each with the ``sync``
+    held in memory (api/sync_view.py)."""
     book = state.book if state.policies_loaded else await state.ensure_policies()
     policy = book.policy(channel)
     channel_sites = policy.sites if policy.sites is not None else state.sites
@@ -159,9 +162,12 @@ async def availability(
     day = int(time.time() * 1000) // _DAY_MS
     render = _Renderer(_rendered_for(state, book).of(channel), policy, channel, day)
     answers: list[dict[str, Any]] = []
+    sync = state.sync.fragment
     i = 0
     for sku, sites in plan:
-        answers.append(render.answer(sku, sites, idents, positions, i))
+        answer = render.answer(sku, sites, idents, positions, i)
+        answer["sync"] = sync
+        answers.append(answer)
         i += len(sites)
     return answers
 
@@ -172,6 +178,8 @@ async def availability_of_sku(state: ApiState, channel: str, sku: str) -> bytes:
     Served whole from the last answer while every position it was rendered from is still
     the one in the copy (positions are replaced, never changed, when they move), the policy
     book and the channel's sites are the same and, for dated in-transit, so is the day.
+    The answer is kept without its ``sync``, which moves every second on its own: that is
+    appended to it (``with_sync``).
     """
     book = state.book if state.policies_loaded else await state.ensure_policies()
     policy = book.policy(channel)
@@ -189,7 +197,7 @@ async def availability_of_sku(state: ApiState, channel: str, sku: str) -> bytes:
             and all(map(operator.is_, positions, kept[2]))
             and (not dated or kept[3] == int(time.time() * 1000) // _DAY_MS)
         ):
-            return kept[4]
+            return with_sync(kept[4], state.sync)
     else:
         idents = tuple([f"{sku}@{s}" for s in sites])
         positions = state.positions.lookup_raw(idents)
@@ -202,7 +210,7 @@ async def availability_of_sku(state: ApiState, channel: str, sku: str) -> bytes:
     if from_copy:  # an answer from positions read from Redis is never reused
         # A copy: the bytes orjson returns hold a 4 KiB buffer (this one, ~850 bytes).
         answers[key] = (tuple(sites), idents, tuple(positions), day, bytes(memoryview(body)))
-    return body
+    return with_sync(body, state.sync)
 
 
 class _Renderer:

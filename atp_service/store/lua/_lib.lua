@@ -42,15 +42,19 @@ local function owner_of(rec)
   return rec.ow
 end
 
--- A position hash as a Lua table of numbers; in-transit by ETA under pos.t[day|'-'].
+-- A position hash as a Lua table of numbers; in-transit by ETA under pos.t[day|'-'], the
+-- occurred_at (epoch ms) of the newest event folded from each source under pos.o[source].
 local function load_position(key)
   local flat = redis.call('HGETALL', key)
-  local pos = {oh = 0, al = 0, qu = 0, rs = 0, v = 0, ts = 0, ss = false, t = {}, raw = {}}
+  local pos = {oh = 0, al = 0, qu = 0, rs = 0, v = 0, ts = 0, ss = false, t = {}, o = {}, raw = {}}
   for i = 1, #flat, 2 do
     local f, val = flat[i], flat[i + 1]
     pos.raw[f] = val
-    if string.sub(f, 1, 2) == 't:' then
+    local prefix = string.sub(f, 1, 2)
+    if prefix == 't:' then
       pos.t[string.sub(f, 3)] = tonumber(val)
+    elseif prefix == 'o:' then
+      pos.o[string.sub(f, 3)] = tonumber(val)
     elseif f == 'ss' then
       pos.ss = tonumber(val)
     elseif f == 'oh' or f == 'al' or f == 'qu' or f == 'rs' or f == 'v' or f == 'ts' then
@@ -113,12 +117,27 @@ end
 local announcements = nil
 local outbox_buffers = nil
 
+-- "<source>:<ms>,..." by source name ('-' for none): the sources part of an announcement,
+-- spelt as position_cache.sources_text spells it.
+local function sources_token(pos)
+  local names = {}
+  for source, _ in pairs(pos.o) do names[#names + 1] = source end
+  if #names == 0 then return '-' end
+  table.sort(names)
+  for i, source in ipairs(names) do
+    names[i] = source .. ':' .. string.format('%d', pos.o[source])
+  end
+  return table.concat(names, ',')
+end
+
 -- Publish an item-site's position after a change, for the API processes' in-process copies
 -- (atp_service/store/position_cache.py parses it; the channel is keys.CHANGES_CHANNEL):
--- "<sku>@<site> <version> <as_of ms> <oh> <al> <qu> <rs> <ss or -> [<eta day or ->:<qty> ...]",
--- a line per position (a batch publishes its lines in one message).
+-- "<sku>@<site> <version> <as_of ms> <oh> <al> <qu> <rs> <ss or -> <sources>
+-- [<eta day or ->:<qty> ...]", <sources> as sources_token; a line per position (a batch
+-- publishes its lines in one message).
 local function announce(sku, site, pos)
-  local parts = {sku .. '@' .. site, pos.v, pos.ts, pos.oh, pos.al, pos.qu, pos.rs, pos.ss or '-'}
+  local parts = {sku .. '@' .. site, pos.v, pos.ts, pos.oh, pos.al, pos.qu, pos.rs, pos.ss or '-',
+    sources_token(pos)}
   for eta, qty in pairs(pos.t) do
     if qty ~= 0 then parts[#parts + 1] = eta .. ':' .. qty end
   end

@@ -13,7 +13,10 @@
 -- as one message on atp:changes (flush_batch, _lib.lua).
 -- Returns a flat array, 4 entries per event: status, version, changes emitted, and the
 -- drift JSON (or ''); status 'folded', 'unchanged', 'duplicate', 'stale', or 'error' with
--- the error message in the 4th entry (what that event wrote before it failed stays).
+-- the error message in the 4th entry (what that event wrote before it failed stays); then,
+-- when the event consumed its reservation (every line allocated), one more: 'consumed'.
+-- An event's "oa" (occurred_at, epoch ms) is kept per source in the position ("o:<source>",
+-- the newest folded) and announced with it.
 
 local outbox = KEYS[1]
 local events = cjson.decode(ARGV[1])
@@ -25,6 +28,7 @@ local ms = now_ms()
 local today = math.floor(ms / 86400000)
 local now_iso = iso8601(ms)
 local consuming = #events == 1 and #KEYS == 9  -- a reservation's keys come along
+local consumed = false  -- the reservation became consumed (its last line allocated)
 
 -- Consumption: the WMS allocated units for an active reservation. Move what the line
 -- still holds (at most the delta) from reserved to allocated, so they are not counted
@@ -55,6 +59,7 @@ local function consume_reservation(ev, pos)
     return moved
   end
   redis.call('HSET', res_key, 'st', 'consumed', 'ex', '', 'up', ms, 'ln', ln)
+  consumed = true
   redis.call('ZREM', KEYS[8], ev.rid)
   redis.call('PEXPIRE', res_key, window)
   local event_lines = {}
@@ -99,6 +104,13 @@ local function fold_one(ev, k, fingerprint)
       return 'stale', 0, 0, ''
     end
     writes[1] = seq_field; writes[2] = ev.seq
+  end
+  -- Freshness per source: the newest occurred_at folded from it (a replayed old event does
+  -- not make the item-site look staler than what was heard since).
+  local heard = ev.oa ~= nil and (pos.o[ev.src] == nil or ev.oa > pos.o[ev.src])
+  if heard then
+    pos.o[ev.src] = ev.oa
+    writes[#writes + 1] = 'o:' .. ev.src; writes[#writes + 1] = string.format('%d', ev.oa)
   end
 
   local before = channel_atps(pos, policies, ev.site, today)
@@ -184,6 +196,8 @@ local function fold_one(ev, k, fingerprint)
   if #deletes > 0 then redis.call('HDEL', pos_key, unpack(deletes)) end
   if not changed then
     if #writes > 0 then redis.call('HSET', pos_key, unpack(writes)) end
+    -- Nothing moved but the source was heard from: the same version, fresher sources.
+    if heard then announce(ev.sku, ev.site, pos) end
     return 'unchanged', pos.v, 0, drift_json
   end
   pos.v, pos.ts = pos.v + 1, ms
@@ -210,4 +224,5 @@ for i, ev in ipairs(events) do
   end
 end
 flush_batch()
+if consumed then out[#out + 1] = 'consumed' end
 return out
