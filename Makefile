@@ -5,13 +5,32 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-dev
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean browser screenshots
 
 run: $(INSTALLED)
 	$(BIN)/atp up --demo
 
-test: $(INSTALLED)
+test: $(INSTALLED) browser
 	$(BIN)/pytest
+
+# Headless Chromium for the browser tests (tests/e2e/test_dashboard.py) and `make screenshots`:
+# Debian's package, driven by Playwright (browsers cannot be downloaded here). Installed when
+# missing and apt-get can (as root); where it cannot be, those tests skip, saying why.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && [ -z "$$ATP_CHROMIUM" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq chromium >/dev/null) \
+	      || echo "chromium could not be installed: the browser tests will skip"; \
+	  else \
+	    echo "no chromium and no apt-get as root: the browser tests will skip"; \
+	  fi; \
+	fi
+
+# docs/dashboard-laptop.png and docs/dashboard-phone.png, from `atp up --demo` (about a minute).
+screenshots: $(INSTALLED) browser
+	$(BIN)/python -m tests.e2e.dashboard_screenshots --out docs
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

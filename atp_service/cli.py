@@ -624,6 +624,7 @@ class Up:
             "",
             "ATP service is up" + (" with demo traffic" if args.demo else ""),
             f"  API            {api}   (/docs, /healthz, /readyz, /metrics)",
+            f"  dashboard      {api}/dashboard   (sign in with the admin key below)",
             f"  Redis          {stack.redis_url}",
             f"  Kafka          {stack.bootstrap}   topics: "
             + ", ".join([*INBOUND_TOPICS, EVENTS_TOPIC, DLQ_TOPIC]),

@@ -45,19 +45,23 @@ class SyncView:
 
     @classmethod
     def of(cls, by_source: Mapping[str, SourceSync]) -> SyncView:
-        body: dict[str, Any] = {
-            source: {
-                "lag_seconds": s.lag_seconds,
-                "as_of": iso_from_ms(s.as_of_ms) if s.as_of_ms is not None else None,
-            }
-            for source, s in by_source.items()
-        }
-        encoded = orjson.dumps(body)
+        encoded = orjson.dumps(sync_body(by_source))
         return cls(dict(by_source), encoded, orjson.Fragment(encoded), b',"sync":' + encoded + b"}")
 
     @classmethod
     def unmeasured(cls) -> SyncView:
         return cls.of({source: SourceSync(None, None) for source in SOURCES})
+
+
+def sync_body(by_source: Mapping[str, SourceSync]) -> dict[str, Any]:
+    """The ``sync`` object of an answer."""
+    return {
+        source: {
+            "lag_seconds": s.lag_seconds,
+            "as_of": iso_from_ms(s.as_of_ms) if s.as_of_ms is not None else None,
+        }
+        for source, s in by_source.items()
+    }
 
 
 def with_sync(answer: bytes, view: SyncView) -> bytes:

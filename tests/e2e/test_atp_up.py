@@ -106,6 +106,9 @@ def test_atp_up_demo_serves_moving_availability_and_stops_everything_on_ctrl_c(
             time.sleep(0.2)
             later = versions()
         assert sum(later) > sum(first)
+        dashboard = f"http://127.0.0.1:{ports['api']}/dashboard"
+        assert dashboard in output.text  # the operations page's address, among the others
+        assert httpx.get(dashboard, timeout=5.0).status_code == 200
         assert len(processes_using(redis_url)) == 3  # worker, API, simulator
 
         # Every port it moved is in .atp/env, and the keys by role.

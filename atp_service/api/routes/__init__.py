@@ -6,6 +6,7 @@ from pydantic import BaseModel
 from atp_service.api.routes import (
     admin,
     availability,
+    dashboard,
     docs,
     ops,
     promising,
@@ -24,6 +25,7 @@ ROUTERS: list[APIRouter] = [
     admin.router,
     sites.router,
     ops.router,
+    dashboard.router,
     docs.router,
 ]
 
