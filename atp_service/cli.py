@@ -1,5 +1,5 @@
 """The `atp` command: up (the whole thing on one machine), api, worker, simulate, topics,
-status, audit, dlq."""
+status, audit, dlq, reconcile."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ DEFAULT_WORKER_METRICS_PORT: int = Settings.model_fields["worker_metrics_port"].
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEMO_CHANNELS_FILE = EXAMPLES / "channels.json"
 DEMO_SITES_FILE = EXAMPLES / "sites.json"
+#: How often the demo's worker asks the simulated sources for snapshots (reconciliation).
+DEMO_RECONCILE_EVERY_SECONDS = "60"
 
 #: The dev keys `atp up` makes: name -> scopes.
 DEV_KEY_SCOPES: dict[str, list[str]] = {
@@ -217,6 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument(
         "--dry-run", action="store_true", help="replay: show what would be sent, send nothing"
     )
+
+    reconcile = sub.add_parser(
+        "reconcile",
+        help="ask a source (wms, erp) for snapshots, to reconcile the fold with it",
+        description="Publish inventory.snapshot_requested on atp.events.v1 (key: the source): "
+        "the source answers with inventory.snapshot.v1 messages, and every bucket that "
+        "disagrees with the fold is reported as inventory.drift_detected. Without --site, "
+        "every site of the source; without --sku, every sku there.",
+    )
+    reconcile.add_argument("--source", required=True, help="wms or erp")
+    reconcile.add_argument("--site", default=None, help="only this site")
+    reconcile.add_argument(
+        "--sku",
+        dest="skus",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="SKU",
+        help="only these skus (at most 1000)",
+    )
     return parser
 
 
@@ -327,6 +349,20 @@ def cmd_topics(args: argparse.Namespace) -> int:
             note = f" (not {wanted[state.name]}: an existing topic is kept)" if differs else ""
             print(f"{state.name:<{width}}  exists, {state.partitions} partitions{note}")
     return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from atp_service.reconcile import BadRequest, run_reconcile
+
+    settings = _settings()
+    try:
+        return run_reconcile(settings, args.source, args.site, args.skus)
+    except BadRequest as exc:
+        raise CliError(str(exc)) from None
+    except KafkaError as exc:
+        raise CliError(f"Kafka at {settings.bootstrap_servers}: {exc!r}") from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -509,6 +545,9 @@ class Up:
             env["ATP_CHANNELS_FILE"] = str(channels_file.resolve())
         if sites_file is not None:
             env["ATP_SITES_FILE"] = str(sites_file.resolve())
+        if args.demo:
+            # The whole loop: the worker asks, the simulator answers, the fold finds drift.
+            env.setdefault("ATP_RECONCILE_EVERY_SECONDS", DEMO_RECONCILE_EVERY_SECONDS)
 
         previous = {
             sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
@@ -635,6 +674,12 @@ class Up:
             lines.append(f"  channels       {env['ATP_CHANNELS_FILE']}")
         if "ATP_SITES_FILE" in env:
             lines.append(f"  sites          {env['ATP_SITES_FILE']}")
+        every = float(env.get("ATP_RECONCILE_EVERY_SECONDS") or 0)
+        if every > 0:
+            lines.append(
+                f"  reconcile      the worker asks the sources for snapshots every {every:g}s "
+                "(now: atp reconcile --source wms)"
+            )
         lines.append(f"  logs           {args.workdir.resolve()}/*.log")
         lines += ["", "Dev API keys (this run only):"]
         lines += [f"  {k.name:<{width}}  {k.key}  {' '.join(k.scopes)}" for k in keys]
@@ -684,6 +729,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "audit": cmd_audit,
     "dlq": cmd_dlq,
+    "reconcile": cmd_reconcile,
 }
 
 

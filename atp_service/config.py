@@ -278,6 +278,21 @@ class Settings(BaseSettings):
     """After a round that found less than a full batch, wait this long before the next, so
     that a trickle goes out in fewer, larger rounds (Kafka's linger.ms; 0: no wait)."""
 
+    events_coalesce_ms: int = Field(default=0, ge=0, le=60_000)
+    """Successive ``availability.changed`` of one item-site-channel within this many ms may
+    go out as one (the latest ``atp`` and ``version``, the earliest ``previous_atp``):
+    every event then waits up to this long in the outbox. 0 (default): each goes out as is.
+    Below half of ``relay_claim_idle_ms`` (a relay holding entries that long looks dead)."""
+
+    # -- re-evaluation and reconciliation ------------------------------------------------
+    reevaluation_rate: float = Field(default=20_000, gt=0)
+    """Item-sites a second a re-evaluation (after a channel policy change, or when a day
+    brings inbound inside a channel's horizon) visits at most, so that the fold and the
+    reads keep Redis (docs/events.md has the measured cost)."""
+    reconcile_every_seconds: float = Field(default=0, ge=0)
+    """Every this many seconds one worker asks each source for snapshots
+    (``inventory.snapshot_requested`` on atp.events.v1); 0 (default): never."""
+
     # -- reservations --------------------------------------------------------------------
     idempotency_ttl_seconds: int = Field(default=86_400, ge=86_400)
     expiry_sweep_interval_seconds: float = Field(default=0.2, gt=0)
@@ -295,6 +310,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else []
         return value
+
+    @model_validator(mode="after")
+    def _coalescing_within_the_claim(self) -> Settings:
+        if self.events_coalesce_ms * 2 > self.relay_claim_idle_ms:
+            raise ValueError(
+                f"ATP_EVENTS_COALESCE_MS ({self.events_coalesce_ms}) must be at most half of "
+                f"ATP_RELAY_CLAIM_IDLE_MS ({self.relay_claim_idle_ms}): a relay holding "
+                "entries longer looks dead to the others"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_dev_keys_in_production(self) -> Settings:

@@ -6,6 +6,10 @@ publishes them to Kafka, waits for the broker's acknowledgement, and only then
 acknowledges and deletes them. A relay that dies leaves its entries pending; another
 relay claims them after ``claim_idle_ms``. Publication is therefore at least once, in
 order per outbox stream; consumers drop stale ``availability.changed`` by ``version``.
+
+With ``coalesce_ms`` (``ATP_EVENTS_COALESCE_MS``) a relay holds what it reads for that long
+and publishes it coalesced (coalescing.py): successive changes of one item-site-channel
+as one.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from atp_service import metrics
+from atp_service.coalescing import Window, coalesce
 from atp_service.store import OutboxEntry, RedisStore
 from atp_service.store.duty import Duty
 
@@ -34,6 +39,7 @@ EVENT_TYPES = (
     "reservation.expired",
     "reservation.consumed",
     "inventory.drift_detected",
+    "inventory.snapshot_requested",
 )
 
 
@@ -152,6 +158,7 @@ class OutboxRelay:
         block_ms: int = 200,
         linger_ms: int = 0,
         publish_timeout_s: float = 20.0,
+        coalesce_ms: int = 0,
     ) -> None:
         self.store = store
         self.publisher = publisher
@@ -169,6 +176,8 @@ class OutboxRelay:
         self.publish_timeout_s = publish_timeout_s
         self._groups_ready = False
         self._retry_own_pending = True  # on start, first finish what this name left behind
+        #: What it holds while it coalesces (None: each round publishes what it read).
+        self.window = Window(coalesce_ms, max_entries=10 * batch) if coalesce_ms > 0 else None
 
     async def relay_once(self) -> int:
         """Publish one batch; returns how many entries went out. Raises on Redis/Kafka errors."""
@@ -183,23 +192,38 @@ class OutboxRelay:
                 entries = await self.store.claim_stale_outbox(
                     self.consumer, self.claim_idle_ms, self.batch
                 )
+        window = self.window
+        if window is None:
+            if not entries:
+                entries = await self.store.read_outbox(self.consumer, self.batch, self.block_ms)
+            if not entries:
+                return 0
+            await self._publish(entries)
+            return len(entries)
+        loop = asyncio.get_running_loop()
         if not entries:
-            entries = await self.store.read_outbox(self.consumer, self.batch, self.block_ms)
-        if not entries:
+            block = max(1, min(self.block_ms, int(window.left(loop.time()) * 1000)))
+            entries = await self.store.read_outbox(self.consumer, self.batch, block)
+        window.add(entries, loop.time())
+        if not window.due(loop.time()):
             return 0
-        await self._publish(entries)
-        return len(entries)
+        held = window.entries
+        await self._publish(held)  # raises: they stay held (and pending) for the next round
+        window.clear()
+        return len(held)
 
     async def _own_pending(self) -> list[OutboxEntry]:
         return await self.store.read_outbox(self.consumer, self.batch, None, pending=True)
 
     async def _publish(self, entries: Sequence[OutboxEntry]) -> None:
+        records = [record for entry in entries for record in entry.records]
+        if self.window is not None:
+            coalesced = coalesce(records)
+            metrics.EVENTS_COALESCED.inc(len(records) - len(coalesced))
+            records = coalesced
         try:
             await asyncio.wait_for(
-                self.publisher.publish(
-                    self.topic, [record for entry in entries for record in entry.records]
-                ),
-                self.publish_timeout_s,
+                self.publisher.publish(self.topic, records), self.publish_timeout_s
             )
         except TimeoutError:
             self._retry_own_pending = True
@@ -211,7 +235,7 @@ class OutboxRelay:
             self._retry_own_pending = True
             raise
         await self.store.ack_outbox(entries)
-        metrics.OUTBOX_PUBLISHED.inc(sum(len(entry.records) for entry in entries))
+        metrics.OUTBOX_PUBLISHED.inc(len(records))
 
     async def run(
         self, stop: asyncio.Event, *, duty: Duty | None = None, stand_by: bool = False

@@ -36,6 +36,11 @@ SYNC_LAG = Gauge(
 OUTBOX_PUBLISHED = Counter(
     "atp_outbox_published_total", "Outbound events relayed from the outbox to Kafka."
 )
+EVENTS_COALESCED = Counter(
+    "atp_events_coalesced_total",
+    "availability.changed events folded into a later one of their item-site-channel by the "
+    "relay (ATP_EVENTS_COALESCE_MS), or dropped as netting to no change.",
+)
 OUTBOX_RELAY_FAILURES = Counter(
     "atp_outbox_relay_failures_total", "Relay attempts that failed (Kafka or Redis)."
 )
@@ -82,4 +87,12 @@ POSITION_COPY_DROPS = Counter(
     "atp_position_copy_drops_total",
     "Times an API process dropped its in-process copy of positions (resubscribed, or nothing "
     "heard on the change channel within the staleness bound).",
+)
+REEVALUATED = Counter(
+    "atp_reevaluated_item_sites_total",
+    "Item-sites visited by re-evaluation passes (a channel policy changed, or a day came).",
+)
+REEVALUATION_EVENTS = Counter(
+    "atp_reevaluation_events_total",
+    "availability.changed events re-evaluation emitted (ATP moved without a fold).",
 )

@@ -13,6 +13,11 @@ What the traffic looks like:
   later arrival (ERP in_transit down, WMS receipt up), and occasional re-snapshots, some
   of which disagree a little with the deltas before them (a cycle count found a
   difference), which the service reports as drift;
+- now and then a pick whose on_hand message never reaches the service (1 pick in 100): the
+  fold then holds more on hand than the WMS, until a snapshot says otherwise;
+- an answer to every ``inventory.snapshot_requested`` on atp.events.v1 (`atp reconcile`, or
+  the worker every ``ATP_RECONCILE_EVERY_SECONDS``): a snapshot of each item-site asked
+  for, as the source sees it, so the service finds what was lost (drift);
 - about 1% exact duplicates of recent messages and about 0.2% bad messages (broken JSON,
   an unknown schema, schema violations, a bucket the source does not own).
 
@@ -37,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, TextIO
 
-from atp_service.config import Settings
+from atp_service.config import EVENTS_TOPIC, Settings
 
 WMS_TOPIC: Final = "wms.inventory.v1"
 ERP_TOPIC: Final = "erp.inventory.v1"
@@ -57,6 +62,9 @@ SITE_NAMES: Final = (
 )
 
 DUPLICATE_RATE: Final = 0.01
+#: Picks whose on_hand message is lost (the shadow counts it; the fold never hears of it).
+LOST_PICK_RATE: Final = 0.01
+SNAPSHOT_REQUESTED: Final = "inventory.snapshot_requested"
 MALFORMED_RATE: Final = 0.002
 MALFORMED_KINDS: Final = (
     "malformed_json",
@@ -136,6 +144,8 @@ class TrafficGenerator:
         self.shadow: dict[tuple[str, str], ShadowPosition] = {}
         self._pending: deque[SimMessage] = deque()
         self._recent: deque[SimMessage] = deque(maxlen=64)
+        #: Messages the simulated WMS "lost" (never sent, though its shadow counts them).
+        self.lost = 0
 
     # -- the stream ------------------------------------------------------------------------
 
@@ -233,10 +243,14 @@ class TrafficGenerator:
         pos.on_hand -= qty
         pos.allocated -= qty
         corr = f"pick-{self._next_event_number()}"
-        return [
+        messages = [
             self._delta("wms", sku, site, "on_hand", -qty, "pick", kind="pick", corr=corr),
             self._delta("wms", sku, site, "allocated", -qty, "pick", kind="pick", corr=corr),
         ]
+        if self.rng.random() < LOST_PICK_RATE:
+            self.lost += 1
+            return messages[1:]
+        return messages
 
     def _quarantine_hold(self, sku: str, site: str, pos: ShadowPosition) -> list[SimMessage]:
         qty = self.rng.randint(1, max(1, min(pos.free, 5)))
@@ -279,6 +293,27 @@ class TrafficGenerator:
             ),
             self._delta("wms", sku, site, "on_hand", qty, "receipt", kind="arrival", corr=corr),
         ]  # fmt: skip
+
+    # -- reconciliation ----------------------------------------------------------------------
+
+    def answer(self, request: dict[str, Any]) -> list[SimMessage]:
+        """What the source a snapshot request names sends back: a snapshot of each item-site
+        it knows that the request asks for (its ``site``, or every one; its ``skus``, or
+        every one), as its shadow has it. Nothing for a source this simulator is not."""
+        source = request.get("source")
+        if request.get("type") != SNAPSHOT_REQUESTED or source not in ("wms", "erp"):
+            return []
+        site, skus = request.get("site"), request.get("skus")
+        wanted = set(skus) if isinstance(skus, list) and skus else None
+        answers = []
+        for (sku, at), pos in self.shadow.items():
+            if (site is not None and at != site) or (wanted is not None and sku not in wanted):
+                continue
+            if source == "wms":
+                answers.append(self._wms_snapshot(sku, at, pos, kind="reconcile", drift=False))
+            else:
+                answers.append(self._erp_snapshot(sku, at, pos, kind="reconcile"))
+        return answers
 
     # -- message builders ------------------------------------------------------------------
 
@@ -479,8 +514,10 @@ async def produce(
     summary: SimulationSummary,
     out: TextIO = sys.stdout,
     progress_every: float = 10.0,
+    answers: deque[SimMessage] | None = None,
 ) -> None:
-    """Send the generator's messages at ``rate`` per second until ``duration`` or ``stop``."""
+    """Send the generator's messages at ``rate`` per second until ``duration`` or ``stop``,
+    and what lands in ``answers`` (snapshots a request asked for) as soon as it is there."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
@@ -503,6 +540,10 @@ async def produce(
             if now >= next_progress:
                 next_progress = now + progress_every
                 print(f"sent {summary.total} messages", file=out, flush=True)
+            while answers:
+                message = answers.popleft()
+                in_flight.append(await producer.send(message.topic, message.value, key=message.key))
+                summary.count(message)
             due = pacer.due()
             if due == 0:
                 with contextlib.suppress(TimeoutError):
@@ -519,6 +560,53 @@ async def produce(
         await asyncio.gather(*in_flight)
     finally:
         await producer.stop()
+
+
+async def answer_requests(
+    bootstrap_servers: str,
+    generator: TrafficGenerator,
+    answers: deque[SimMessage],
+    stop: asyncio.Event,
+    *,
+    out: TextIO = sys.stdout,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Follow atp.events.v1 (from its end) for snapshot requests and queue their answers."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(EVENTS_TOPIC, p)
+            for p in sorted(consumer.partitions_for_topic(EVENTS_TOPIC) or ())
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)  # the end as it is now, before saying ready
+        if ready is not None:
+            ready.set()
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=250)
+            for records in batch.values():
+                for record in records:
+                    if record.value is None or SNAPSHOT_REQUESTED.encode() not in record.value:
+                        continue
+                    with contextlib.suppress(ValueError):
+                        request = json.loads(record.value)
+                        replies = generator.answer(request)
+                        answers.extend(replies)
+                        print(
+                            f"answering {request.get('event_id')}: {len(replies)} "
+                            f"{request.get('source')} snapshots"
+                            + (f" at {request['site']}" if request.get("site") else ""),
+                            file=out, flush=True,
+                        )  # fmt: skip
+    finally:
+        await consumer.stop()
 
 
 def run_simulation(
@@ -547,6 +635,10 @@ def run_simulation(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        answers: deque[SimMessage] = deque()
+        listening = asyncio.create_task(
+            answer_requests(settings.bootstrap_servers, generator, answers, stop)
+        )
         try:
             await produce(
                 settings.bootstrap_servers,
@@ -555,8 +647,12 @@ def run_simulation(
                 duration=duration or None,
                 stop=stop,
                 summary=summary,
+                answers=answers,
             )
         finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await listening
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 

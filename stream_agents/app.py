@@ -1,7 +1,9 @@
 """The Faust app of the stream worker, built from Settings; `run_worker` is `atp worker`.
 
 One process holds: the inbound agent (agents.py), the outbox relay that moves
-what the folds wrote to ``atp.events.v1``, and (optionally) a Prometheus /metrics server.
+what the folds wrote to ``atp.events.v1``, the timers of the low-volume flows (re-evaluation
+after a policy change or a new day, snapshot requests for reconciliation: one worker at a
+time does each), and (optionally) a Prometheus /metrics server.
 Redis and Kafka clients are built here and nowhere else in the worker.
 """
 
@@ -26,9 +28,11 @@ from atp_service.config import DLQ_TOPIC, EVENTS_TOPIC, INBOUND_TOPICS, Settings
 from atp_service.events import OutboxRelay, PublishStalled, relay_consumer_name
 from atp_service.gc_tuning import tune_for_service
 from atp_service.logs import json_logging_config
+from atp_service.reconcile import ReconcileSchedule
 from atp_service.store import KeySpace, RedisStore, connect
 from atp_service.store.duty import Duty
 from atp_service.store.ops import OpsStore
+from atp_service.store.reevaluation import Reevaluator
 from atp_service.store.replay_marks import ReplayMarks
 from atp_service.store.reservations import ExpirySweeper, ReservationStore
 from stream_agents._folding import BatchAbandoned, BatchFolder
@@ -39,6 +43,7 @@ from stream_agents.report import WorkerReporter
 log = logging.getLogger(__name__)
 
 BACKLOG_EVERY_SECONDS = 5.0
+REEVALUATE_EVERY_SECONDS = 0.25
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
@@ -93,6 +98,7 @@ class WorkerRuntime:
             batch=settings.relay_batch,
             claim_idle_ms=settings.relay_claim_idle_ms,
             linger_ms=settings.relay_linger_ms,
+            coalesce_ms=settings.events_coalesce_ms,
         )
         self.relay_duty = Duty(self.redis, "relay", holder=holder)
         self.reservations = ReservationStore(
@@ -107,6 +113,17 @@ class WorkerRuntime:
         self.audit_interval = settings.worker_audit_interval_seconds
         #: Stops the report and audit loops (``close``).
         self._ops_stop = asyncio.Event()
+        self.reevaluator = Reevaluator(self.store, holder=holder, rate=settings.reevaluation_rate)
+        self.reevaluation_duty = Duty(self.redis, "reevaluation", holder=holder)
+        self.reconcile = ReconcileSchedule(
+            self.redis,
+            self.producer.publish,
+            every_seconds=settings.reconcile_every_seconds,
+            sources=[source.value for source in settings.authority.values()],
+            holder=holder,
+        )
+        self._seeded = False
+        self._reevaluation_failing = False
         self._stop: asyncio.Event | None = None
         self._relay_done: asyncio.Event | None = None
 
@@ -117,6 +134,7 @@ class WorkerRuntime:
         self._relay_done = asyncio.Event()
         try:
             await self.folder.start()
+            self._seeded = True
             await asyncio.gather(self._relay_forever(self._stop), self.sweeper.run(self._stop))
         except BatchAbandoned:
             pass  # stopping before Redis came back
@@ -148,6 +166,29 @@ class WorkerRuntime:
             )
         await asyncio.gather(*loops)
 
+    async def reevaluate(self) -> None:
+        """A timer's tick of re-evaluation (store/reevaluation.py), once the configured policies
+        are seeded; the API processes stand by while a worker reports ticks."""
+        if not self._seeded:
+            return
+        try:
+            await self.reevaluator.tick()
+            await self.reevaluation_duty.done()
+        except Exception as exc:  # Redis away: the next tick tries again
+            if not self._reevaluation_failing:
+                log.warning("re-evaluation tick failed: %s", exc)
+            self._reevaluation_failing = True
+            metrics.REDIS_ERRORS.labels("reevaluation").inc()
+        else:
+            self._reevaluation_failing = False
+
+    async def ask_for_snapshots(self) -> None:
+        """A timer's tick of the reconciliation schedule (``ATP_RECONCILE_EVERY_SECONDS``)."""
+        try:
+            await self.reconcile.tick()
+        except Exception as exc:  # Redis or Kafka away: a later tick (of any worker) asks
+            log.warning("snapshot request failed: %s", exc)
+
     async def report_backlog(self) -> None:
         try:
             metrics.OUTBOX_BACKLOG.set(await self.store.outbox_backlog())
@@ -159,6 +200,8 @@ class WorkerRuntime:
         finish its round, then close the clients."""
         await self.inbound.stop(SHUTDOWN_GRACE_SECONDS)
         self._ops_stop.set()
+        with contextlib.suppress(Exception):
+            await self.reevaluator.lease.release()  # another worker takes over at once
         if self._stop is not None and self._relay_done is not None:
             self._stop.set()
             with contextlib.suppress(TimeoutError):
@@ -200,6 +243,9 @@ def create_app(settings: Settings | None = None) -> faust.App:
     app.task(runtime.run_relay)
     app.task(runtime.run_reports)
     app.timer(BACKLOG_EVERY_SECONDS)(runtime.report_backlog)
+    app.timer(REEVALUATE_EVERY_SECONDS)(runtime.reevaluate)
+    if settings.reconcile_every_seconds > 0:
+        app.timer(min(1.0, settings.reconcile_every_seconds))(runtime.ask_for_snapshots)
 
     async def close_runtime(
         sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any

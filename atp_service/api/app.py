@@ -16,6 +16,7 @@ from atp_service.api.errors import install_error_handlers
 from atp_service.api.limits import BodyLimitMiddleware
 from atp_service.api.middleware import RequestContextMiddleware
 from atp_service.api.routes import DOCUMENTED_MODELS, ROUTERS
+from atp_service.api.routes.admin import run_reevaluation
 from atp_service.api.routes.reservations import run_expiry_sweeper
 from atp_service.api.state import STORE_ERRORS, ApiState, BackgroundTask
 from atp_service.api.sync_view import follow_sync
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 #: Tasks run beside the API for its lifetime, each ``async def task(state, stop)``;
 #: they see the connected ``ApiState`` and must return soon after ``stop`` is set.
-BACKGROUND_TASKS: list[BackgroundTask] = [run_expiry_sweeper, follow_sync]
+BACKGROUND_TASKS: list[BackgroundTask] = [run_expiry_sweeper, follow_sync, run_reevaluation]
 
 
 def telemetry_config(settings: Settings) -> TelemetryConfig:

@@ -256,6 +256,7 @@ class ApiState:
                     batch=self.settings.relay_batch,
                     claim_idle_ms=self.settings.relay_claim_idle_ms,
                     linger_ms=self.settings.relay_linger_ms,
+                    coalesce_ms=self.settings.events_coalesce_ms,
                 )
                 # Workers relay; this process does only while none has lately.
                 await relay.run(

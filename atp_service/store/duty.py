@@ -1,7 +1,9 @@
-"""Background duties (the outbox relay, the reservation expiry sweeper) and who does them.
+"""Background duties (the outbox relay, the reservation expiry sweeper, re-evaluation) and
+who does them.
 
-Both are safe to run in any number of processes at once (the relay is a consumer group;
-an expiry is one script that re-checks it is due). The workers do them; an API process
+The relay and the sweeper are safe to run in any number of processes at once (the relay is
+a consumer group; an expiry is one script that re-checks it is due); re-evaluation runs in
+one process at a time, the holder of its ``Lease``. The workers do them; an API process
 stands by and does them only while no worker has reported a successful round for
 ``lease_ms``, so an API alone (no worker running) still publishes and expires, and an API
 beside workers spends its CPU on requests.
@@ -10,8 +12,10 @@ beside workers spends its CPU on requests.
 from __future__ import annotations
 
 import time
+from importlib import resources
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from atp_service.store.keys import duty_key
 
@@ -51,3 +55,21 @@ class Duty:
             self._taken = bool(await self._redis.exists(self.key))
             self._next_look = now + _LOOK_EVERY_SECONDS
         return self._taken
+
+
+class Lease:
+    """One process at a time: ``hold()`` takes the lease or keeps it (for ``ttl_ms`` more)
+    and says whether this process holds it; a holder that stops renewing loses it."""
+
+    def __init__(self, client: aioredis.Redis, key: str, *, holder: str, ttl_ms: int) -> None:
+        self.key = key
+        self.holder = holder
+        self.ttl_ms = ttl_ms
+        text = (resources.files("atp_service.store") / "lua" / "lease.lua").read_text()
+        self._script: AsyncScript = client.register_script(text)
+
+    async def hold(self) -> bool:
+        return bool(await self._script(keys=[self.key], args=[self.holder, self.ttl_ms, "hold"]))
+
+    async def release(self) -> None:
+        await self._script(keys=[self.key], args=[self.holder, self.ttl_ms, "release"])

@@ -13,6 +13,7 @@ Reservations span item-sites by nature; their keys carry their own tag (see
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -26,6 +27,10 @@ F_RESERVED = "rs"
 F_VERSION = "v"
 F_AS_OF_MS = "ts"
 F_SAFETY_STOCK = "ss"
+#: The book and day its ATPs were last re-evaluated under (store/reevaluation.py):
+#: ``<book generation> * STAMP_DAYS + <epoch day>``; written by reevaluate.lua alone.
+F_EVALUATED = "e"
+STAMP_DAYS = 100_000
 IN_TRANSIT_PREFIX = "t:"  # "t:<epoch day of ETA>" or "t:-" for an unknown ETA
 IN_TRANSIT_NO_ETA = "t:-"
 SEQ_PREFIX = "q:"  # "q:<source>" -> last folded source_seq
@@ -72,6 +77,28 @@ def tag(group: int) -> str:
 
 def outbox(group: int) -> str:
     return f"{PREFIX}:{tag(group)}:outbox"
+
+
+#: Every position key, on any node (SCAN MATCH; a glob, so the braces are literal).
+POSITION_PATTERN = f"{PREFIX}:{{g*}}:p:*"
+_POSITION_KEY = re.compile(rf"^{PREFIX}:\{{g(\d+)\}}:p:([^@]+)@(.+)$")
+
+
+def parse_position_key(key: str) -> tuple[int, str, str] | None:
+    """(group, sku, site) of a position key (``KeySpace.position``); None for another key."""
+    found = _POSITION_KEY.match(key)
+    if found is None:
+        return None
+    return int(found.group(1)), found.group(2), found.group(3)
+
+
+#: The re-evaluation's state (store/reevaluation.py): a hash with its progress and the
+#: policy books positions may have been evaluated under, and its lease. One slot of their own.
+REEVALUATION = f"{PREFIX}:{{reeval}}:state"
+REEVALUATION_LEASE = f"{PREFIX}:{{reeval}}:lease"
+#: Set (NX, expiring after the period) by the worker that asks the sources for snapshots
+#: this period (ATP_RECONCILE_EVERY_SECONDS; reconcile.py).
+RECONCILE_DUE = f"{PREFIX}:reconcile:due"
 
 
 def duty_key(name: str) -> str:

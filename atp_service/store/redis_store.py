@@ -259,6 +259,9 @@ class PolicyChange:
 
     changed_by: str
     changed_at_ms: int
+    #: The X-Correlation-ID of that request: the availability.changed events the change
+    #: causes (store/reevaluation.py) carry it.
+    correlation_id: str | None = None
 
 
 def policy_to_json(policy: ChannelPolicy, change: PolicyChange | None = None) -> str:
@@ -274,13 +277,18 @@ def policy_to_json(policy: ChannelPolicy, change: PolicyChange | None = None) ->
     if change is not None:
         record["changed_by"] = change.changed_by
         record["changed_at"] = change.changed_at_ms
+        if change.correlation_id is not None:
+            record["correlation_id"] = change.correlation_id
     return json.dumps(record)
 
 
 def policy_change_from_json(text: str) -> PolicyChange | None:
     body = json.loads(text)
     by = body.get("changed_by")
-    return PolicyChange(str(by), int(body.get("changed_at", 0))) if by is not None else None
+    if by is None:
+        return None
+    corr = body.get("correlation_id")
+    return PolicyChange(str(by), int(body.get("changed_at", 0)), str(corr) if corr else None)
 
 
 def policy_from_json(text: str) -> ChannelPolicy:
@@ -560,11 +568,17 @@ class RedisStore:
         return int(await self.redis.get(k.POLICIES_VERSION) or 0)
 
     async def put_channel_policy(
-        self, channel: str, policy: ChannelPolicy, *, changed_by: str
+        self,
+        channel: str,
+        policy: ChannelPolicy,
+        *,
+        changed_by: str,
+        correlation_id: str | None = None,
     ) -> int:
         """Store a channel's policy, put in force by ``changed_by`` (the name of the admin's
-        API key, kept in the record); returns the new policies version."""
-        change = PolicyChange(changed_by, int(time.time() * 1000))
+        API key, kept in the record, with the request's ``correlation_id``); returns the new
+        policies version."""
+        change = PolicyChange(changed_by, int(time.time() * 1000), correlation_id)
         return await self._put_versioned(
             k.POLICIES, k.POLICIES_VERSION, channel, policy_to_json(policy, change)
         )

@@ -218,3 +218,41 @@ def test_the_stream_decoder_folds_the_good_messages_and_refuses_the_bad_ones_by_
             assert refused.value.code == m.kind
         else:
             decode(m.key, m.value, m.topic, DEFAULT_AUTHORITY)
+
+
+def test_a_pick_now_and_then_loses_its_on_hand_message_and_the_shadow_still_counts_it() -> None:
+    generator = TrafficGenerator(skus=50, sites=2, seed=11, clock=lambda: NOW, seq_base=0)
+    messages = list(islice(generator, 30_000))
+    picks = Counter(
+        json.loads(m.value)["bucket"] for m in messages if m.kind == "pick"
+    )  # each pick: an allocated part, and an on_hand part unless it was lost
+    assert generator.lost > 0
+    assert picks["allocated"] - picks["on_hand"] == generator.lost
+
+
+def test_a_snapshot_request_is_answered_with_what_the_source_believes() -> None:
+    generator = TrafficGenerator(skus=20, sites=2, seed=5, clock=lambda: NOW, seq_base=0)
+    list(islice(generator, 2_000))
+    request = {"type": "inventory.snapshot_requested", "source": "wms", "site": "DC-EAST"}
+    answers = generator.answer(request)
+    at_site = {(sku, site) for sku, site in generator.shadow if site == "DC-EAST"}
+    assert {(json.loads(m.value)["sku"], json.loads(m.value)["site"]) for m in answers} == at_site
+    for m in answers:
+        body = json.loads(m.value)
+        pos = generator.shadow[(body["sku"], body["site"])]
+        assert m.topic == WMS_TOPIC and m.kind == "reconcile"
+        assert body["quantities"] == {
+            "on_hand": pos.on_hand, "allocated": pos.allocated, "quarantined": pos.quarantined
+        }  # fmt: skip
+
+
+def test_a_request_for_some_skus_of_the_erp_gets_their_inbound_alone() -> None:
+    generator = TrafficGenerator(skus=20, sites=2, seed=5, clock=lambda: NOW, seq_base=0)
+    list(islice(generator, 2_000))
+    sku = sku_name(1)
+    answers = generator.answer(
+        {"type": "inventory.snapshot_requested", "source": "erp", "site": None, "skus": [sku]}
+    )
+    assert answers and {json.loads(m.value)["sku"] for m in answers} == {sku}
+    assert {m.topic for m in answers} == {ERP_TOPIC}
+    assert generator.answer({"type": "inventory.snapshot_requested", "source": "tms"}) == []

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Path
 
@@ -24,7 +25,13 @@ from atp_service.api.schemas import (
 )
 from atp_service.domain import ChannelPolicy, ItemSite
 from atp_service.domain.reservations import iso_from_ms
+from atp_service.events import relay_consumer_name
+from atp_service.store.duty import Duty
 from atp_service.store.redis_store import PolicyChange
+from atp_service.store.reevaluation import Reevaluator
+
+if TYPE_CHECKING:
+    from atp_service.api.state import ApiState
 
 router = APIRouter(tags=["admin"], responses=PROBLEM_RESPONSES)
 
@@ -131,3 +138,13 @@ async def put_safety_stock(
         "version": version,
         "changed_by": principal.name,
     }
+
+
+async def run_reevaluation(state: ApiState, stop: asyncio.Event) -> None:
+    """Re-evaluation (store/reevaluation.py) while no worker has ticked it lately: an API
+    alone still announces what a policy change or a new day moves."""
+    holder = relay_consumer_name("api")
+    reevaluator = Reevaluator(state.store, holder=holder, rate=state.settings.reevaluation_rate)
+    await reevaluator.run(
+        stop, duty=Duty(state.redis, "reevaluation", holder=holder), stand_by=True
+    )
