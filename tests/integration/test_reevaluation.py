@@ -27,6 +27,7 @@ from atp_service.store import KeySpace, RedisStore, connect
 from atp_service.store import keys as k
 from atp_service.store.redis_store import epoch_day, outbox_records, position_from_hash
 from atp_service.store.reevaluation import Pass, Plan, Reevaluator
+from tests.catalogue import assert_in_catalogue
 from tests.random_refs import random_event_id
 
 pytestmark = pytest.mark.integration
@@ -128,6 +129,7 @@ async def test_a_policy_change_announces_exactly_the_item_site_channels_whose_at
         ("SKU-B", "DC-2"): (1, 0),
     }
     for (sku, site), event in web.items():
+        assert_in_catalogue(event)
         now = await position(store, sku, site)
         assert event["version"] == now.version == before[(sku, site)].version + 1
         assert event["changed_by"] == "ops"
@@ -355,3 +357,54 @@ async def test_only_the_lease_holder_reevaluates(store: RedisStore) -> None:
     assert not (await b.tick()).held
     await a.lease.release()
     assert (await b.tick()).held
+
+
+async def test_a_channel_that_gets_a_policy_of_its_own_starts_from_the_unlisted_channels_atp(
+    store: RedisStore,
+) -> None:
+    """Before its policy, "outlet" sold as every unlisted channel ("*"): its events start
+    from that ATP, and the sites it no longer sells from go to 0."""
+    book = await store.policy_book()
+    await store.fold_many([receipt("SKU-O", "DC-1", 8), receipt("SKU-O", "DC-2", 6)], book)
+    r = reevaluator(store)
+    await settle(r)
+    await clear_outboxes(store)
+    await store.put_channel_policy(
+        "outlet", ChannelPolicy(sites=("DC-1",), share=50), changed_by="ops"
+    )
+    await settle(r)
+    outlet = changes_of(await outbox_events(store), "outlet")
+    assert {key: (e["previous_atp"], e["atp"]) for key, e in outlet.items()} == {
+        ("SKU-O", "DC-1"): (8, 4),
+        ("SKU-O", "DC-2"): (6, 0),
+    }
+
+
+async def test_every_script_call_of_a_pass_touches_one_slot(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Redis Cluster each call must stay in one slot: the keys of every call the
+    re-evaluation makes (its batches, its state, its lease) hash to one slot."""
+    from redis.commands.core import AsyncScript
+    from redis.crc import key_slot
+
+    calls: list[list[str]] = []
+    original = AsyncScript.__call__
+
+    async def recorded(
+        self: AsyncScript, keys: Any = (), args: Any = (), client: Any = None
+    ) -> Any:
+        calls.append([str(key) for key in keys])
+        return await original(self, keys=keys, args=args, client=client)
+
+    monkeypatch.setattr(AsyncScript, "__call__", recorded)
+    book = await store.policy_book()
+    await store.fold_many([receipt(f"SKU-{n}", site, 2) for n in range(50) for site in SITES], book)
+    r = reevaluator(store)
+    await settle(r)
+    await store.put_channel_policy("web", ChannelPolicy(safety_stock=1), changed_by="ops")
+    await settle(r)
+    batches = [keys for keys in calls if len(keys) > 2]
+    assert len(batches) >= 16  # a batch per hash-tag group, at least
+    for keys in calls:
+        assert len({key_slot(key.encode()) for key in keys}) == 1, keys
