@@ -61,7 +61,7 @@ SETTLE_MS = 3_000
 #: (a clean pass then lets every older generation go).
 MAX_GENERATIONS = 8
 #: Position keys asked of SCAN per page.
-PAGE = 500
+PAGE = 1000
 #: How long the lease stands without renewal (a tick renews it).
 LEASE_MS = 10_000
 _DAY_MS = 86_400_000
@@ -340,24 +340,27 @@ class Reevaluator:
     async def _visit(
         self, plan: Plan, books: dict[int, str], new_books: list[int], argv_who: str
     ) -> TickReport:
-        """Visit pages of the pass until the budget is spent or the pass is done, saving the
-        state after each page."""
+        """Visit pages of the pass until the budget is spent or the pass is done, then save
+        the state (once a tick: a process that dies visits at most a tick's pages again,
+        which announce nothing twice)."""
         visited = moved = events = 0
         argv_books = script_books(plan, books)
         nodes = self._nodes()
         current = plan.current
         assert current is not None
+        gone: list[int] = []
+        finished = False
         while self._budget >= 1:
             going = [name for name in nodes if name not in current.finished]
             if not going:
                 gone = finish(plan, books)
+                finished = True
                 log.info(
                     "re-evaluation pass done: %d item-sites, %d moved, %d events%s",
                     current.visited, current.moved, current.events,
                     "" if current.clean else " (the target moved: another pass follows)",
                 )  # fmt: skip
-                held = await self._store(plan, books, new_books, gone)
-                return TickReport(held, visited, moved, events, finished=True)
+                break
             name = going[0]
             cursor, found, n_moved, n_events = await self._page(
                 nodes[name], current.cursors.get(name, 0), argv_books, argv_who, plan.epoch
@@ -372,12 +375,8 @@ class Reevaluator:
             current.events += n_events
             visited, moved, events = visited + found, moved + n_moved, events + n_events
             self._budget -= max(found, 1)
-            if not await self._store(plan, books, new_books):
-                return TickReport(False, visited, moved, events)
-            new_books = []
-        if new_books:
-            await self._store(plan, books, new_books)
-        return TickReport(True, visited, moved, events)
+        held = await self._store(plan, books, new_books, gone)
+        return TickReport(held, visited, moved, events, finished=finished and held)
 
     def _nodes(self) -> dict[str, Any]:
         """The nodes to SCAN: every primary of a Redis Cluster, or the one Redis (None)."""

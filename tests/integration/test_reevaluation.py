@@ -26,7 +26,7 @@ from atp_service.embedded import ManagedProcess, free_port, redis_process
 from atp_service.store import KeySpace, RedisStore, connect
 from atp_service.store import keys as k
 from atp_service.store.redis_store import epoch_day, outbox_records, position_from_hash
-from atp_service.store.reevaluation import Pass, Plan, Reevaluator
+from atp_service.store.reevaluation import Pass, Plan, Reevaluator, script_books
 from tests.catalogue import assert_in_catalogue
 from tests.random_refs import random_event_id
 
@@ -408,3 +408,30 @@ async def test_every_script_call_of_a_pass_touches_one_slot(
     assert len(batches) >= 16  # a batch per hash-tag group, at least
     for keys in calls:
         assert len({key_slot(key.encode()) for key in keys}) == 1, keys
+
+
+async def test_a_lease_holder_that_lost_its_lease_never_takes_a_position_back_to_an_older_book(
+    store: RedisStore,
+) -> None:
+    """A process paused past its lease may finish a page with the target it had; a position
+    a later holder evaluated under a newer book is left as it is."""
+    book = await store.policy_book()
+    await store.fold_many([receipt(f"SKU-{n}", "DC-1", 6) for n in range(20)], book)
+    r = reevaluator(store)
+    await settle(r)
+    await store.put_channel_policy("web", ChannelPolicy(share=50), changed_by="ops")
+    await settle(r)
+    await clear_outboxes(store)
+    raw = store.redis.hgetall
+    before = {n: await raw(store.keys.position(f"SKU-{n}", "DC-1")) for n in range(20)}
+
+    plan = await r.state()
+    assert plan is not None and plan.generation == 2
+    stale = replace(plan, generation=1, base=1)
+    stale_books = {1: book.lua_json, 2: await store.redis.hget(k.REEVALUATION, "book:2")}
+    _, found, moved, events = await r._page(
+        None, 0, script_books(stale, stale_books), "{}", plan.epoch
+    )
+    assert found == 20 and (moved, events) == (0, 0)
+    assert await outbox_events(store) == []
+    assert {n: await raw(store.keys.position(f"SKU-{n}", "DC-1")) for n in range(20)} == before
