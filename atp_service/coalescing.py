@@ -130,6 +130,9 @@ class Window:
             self._ids.add(ident)
             self.entries.append(entry)
 
+    def holds(self, entry: OutboxEntry) -> bool:
+        return (entry.stream, entry.entry_id) in self._ids
+
     def due(self, now: float) -> bool:
         if not self.entries:
             return False

@@ -187,6 +187,8 @@ class OutboxRelay:
         entries: list[OutboxEntry] = []
         if self._retry_own_pending:
             entries = await self._own_pending()
+            if self.window is not None:  # those it holds are pending too: not them again
+                entries = [entry for entry in entries if not self.window.holds(entry)]
             if not entries:
                 self._retry_own_pending = False
                 entries = await self.store.claim_stale_outbox(

@@ -49,6 +49,10 @@ class Output:
             time.sleep(0.1)
 
 
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def processes_using(redis_url: str) -> list[int]:
     """Pids of processes started with this Redis in their environment (our children)."""
     marker = f"ATP_REDIS_URL={redis_url}".encode()
@@ -77,13 +81,17 @@ def test_atp_up_demo_serves_moving_availability_and_stops_everything_on_ctrl_c(
         "--demo-rate", "300",
         "--demo-skus", "50",
     )  # fmt: skip
+    # The demo asks the sources for snapshots every 60 s; sooner here, to see the loop.
+    env = {**os.environ, "ATP_RECONCILE_EVERY_SECONDS": "2"}
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
-    )
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        text=True, env=env,
+    )  # fmt: skip
     output = Output(proc)
     redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
     try:
         output.wait_for("Ctrl-C stops everything", proc, START_DEADLINE)
+        assert "the worker asks the sources for snapshots every 2s" in output.text
         match = re.search(r"storefront\s+(dev-[0-9a-f]+)", output.text)
         assert match, output.text
         headers = {"Authorization": f"Bearer {match.group(1)}"}
@@ -110,6 +118,12 @@ def test_atp_up_demo_serves_moving_availability_and_stops_everything_on_ctrl_c(
         assert dashboard in output.text  # the operations page's address, among the others
         assert httpx.get(dashboard, timeout=5.0).status_code == 200
         assert len(processes_using(redis_url)) == 3  # worker, API, simulator
+
+        # The reconciliation loop: the worker asks, the simulator answers with snapshots.
+        simulator_log = tmp_path / "atp" / "simulator.log"
+        while not re.search(r"answering snapreq-\w+: [1-9]\d* wms snapshots", _text(simulator_log)):
+            assert time.monotonic() < deadline + MOVE_DEADLINE, _text(simulator_log)
+            time.sleep(0.2)
 
         # Every port it moved is in .atp/env, and the keys by role.
         env = (tmp_path / "atp" / "env").read_text()
@@ -163,13 +177,17 @@ def test_atp_up_stops_everything_and_fails_when_one_of_its_processes_dies(
         "--worker-metrics-port", "0",
         "--workdir", str(tmp_path / "atp"),
     )  # fmt: skip
+    # The demo asks the sources for snapshots every 60 s; sooner here, to see the loop.
+    env = {**os.environ, "ATP_RECONCILE_EVERY_SECONDS": "2"}
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
-    )
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        text=True, env=env,
+    )  # fmt: skip
     output = Output(proc)
     redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
     try:
         output.wait_for("Ctrl-C stops everything", proc, START_DEADLINE)
+        assert "the worker asks the sources for snapshots every 2s" in output.text
         children = {
             pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             for pid in processes_using(redis_url)
