@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
 
 from atp_service.embedded import EmbeddedStack, ManagedProcess, free_port, redis_process
 from atp_service.store import KeySpace, RedisStore, connect
@@ -28,6 +29,25 @@ def own_redis(tmp_path: Path) -> Iterator[ManagedProcess]:
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    """A redis-server of the test module alone (its data, its policies: a module whose
+    work scans every position, such as a re-evaluation pass, sees no other test's)."""
+    proc = redis_process(free_port(), tmp_path_factory.mktemp("module-redis"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def producer(stack: EmbeddedStack) -> AsyncIterator[AIOKafkaProducer]:
+    """A producer (acks=all) on the session's broker."""
+    p = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    await p.start()
+    yield p
+    await p.stop()
 
 
 @pytest.fixture

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from atp_service.domain import (
     Source,
     atp_for_site,
 )
-from atp_service.embedded import ManagedProcess, free_port, redis_process
+from atp_service.embedded import ManagedProcess
 from atp_service.store import KeySpace, RedisStore, connect
 from atp_service.store import keys as k
 from atp_service.store.redis_store import epoch_day, outbox_records, position_from_hash
@@ -34,14 +33,6 @@ pytestmark = pytest.mark.integration
 
 SITES = ("DC-1", "DC-2", "DC-3")
 WEB = ChannelPolicy(sites=("DC-1", "DC-2"))
-
-
-@pytest.fixture(scope="module")
-def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    proc = redis_process(free_port(), Path(tmp_path_factory.mktemp("reeval-redis")))
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture

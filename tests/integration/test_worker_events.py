@@ -11,7 +11,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from itertools import islice, pairwise
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from atp_service import simulate
 from atp_service.config import EVENTS_TOPIC
 from atp_service.domain import ChannelPolicy
-from atp_service.embedded import EmbeddedStack, ManagedProcess, free_port, redis_process
+from atp_service.embedded import EmbeddedStack, ManagedProcess
 from atp_service.simulate import SimMessage, TrafficGenerator, answer_requests
 from atp_service.store import KeySpace, RedisStore, connect
 from tests.catalogue import assert_in_catalogue
@@ -34,19 +33,11 @@ RECONCILE_EVERY = 2
 
 
 @pytest.fixture(scope="module")
-def worker_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    proc = redis_process(free_port(), Path(tmp_path_factory.mktemp("worker-events-redis")))
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def worker(
-    stack: EmbeddedStack, worker_redis: ManagedProcess, tmp_path_factory: pytest.TempPathFactory
+    stack: EmbeddedStack, module_redis: ManagedProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     process = WorkerProcess(stack, tmp_path_factory.mktemp("worker-events"))
-    process.env["ATP_REDIS_URL"] = f"redis://127.0.0.1:{worker_redis.port}/0"
+    process.env["ATP_REDIS_URL"] = f"redis://127.0.0.1:{module_redis.port}/0"
     process.env["ATP_EVENTS_COALESCE_MS"] = "200"
     process.env["ATP_RECONCILE_EVERY_SECONDS"] = str(RECONCILE_EVERY)
     process.start()
@@ -55,18 +46,10 @@ def worker(
 
 
 @pytest.fixture
-async def store(worker_redis: ManagedProcess) -> AsyncIterator[RedisStore]:
-    client = connect(f"redis://127.0.0.1:{worker_redis.port}/0", timeout=2.0, max_connections=8)
+async def store(module_redis: ManagedProcess) -> AsyncIterator[RedisStore]:
+    client = connect(f"redis://127.0.0.1:{module_redis.port}/0", timeout=2.0, max_connections=8)
     yield RedisStore(client, KeySpace(16), dedup_window_seconds=86_400)
     await client.aclose()
-
-
-@pytest.fixture
-async def producer(stack: EmbeddedStack) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
-    await p.start()
-    yield p
-    await p.stop()
 
 
 def receipt(sku: str, site: str, qty: int) -> dict[str, Any]:
