@@ -110,6 +110,7 @@ async def _run(settings: Settings) -> int:
         settings.redis_url,
         timeout=max(settings.redis_timeout_seconds, 5.0),  # scans are long calls
         max_connections=4,
+        cluster=settings.redis_cluster,
     )
     try:
         store = RedisStore(

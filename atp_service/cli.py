@@ -32,7 +32,7 @@ from atp_service.config import (
     INBOUND_TOPICS,
     Settings,
 )
-from atp_service.embedded import TOPIC_PARTITIONS
+from atp_service.embedded import CLUSTER_BUS_OFFSET, TOPIC_PARTITIONS
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_WORKER_METRICS_PORT: int = Settings.model_fields["worker_metrics_port"].default
@@ -68,6 +68,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
     return value
 
 
@@ -141,6 +148,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--ready-timeout", type=_positive_float, default=90.0, help="seconds to wait for /readyz"
+    )
+    up.add_argument(
+        "--redis-cluster",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="a Redis Cluster of N primaries (at least 3) instead of one Redis, its nodes on "
+        "consecutive ports from --redis-port (each also uses its port + 10000)",
+    )
+    up.add_argument(
+        "--replicas",
+        type=_non_negative_int,
+        default=0,
+        metavar="R",
+        help="replicas of each primary of --redis-cluster",
+    )
+    up.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="W",
+        help="stream worker processes (one consumer group; their /metrics on consecutive "
+        "ports from --worker-metrics-port)",
+    )
+    up.add_argument(
+        "--api-workers", type=_positive_int, default=1, metavar="A", help="API worker processes"
+    )
+    up.add_argument(
+        "--partitions",
+        type=_positive_int,
+        default=TOPIC_PARTITIONS[INBOUND_TOPICS[0]],
+        metavar="P",
+        help="partitions of each inbound topic (at most P workers share them)",
     )
     _add_simulation_options(up, prefix="demo-")
 
@@ -503,18 +543,45 @@ class Up:
         if self.stopping is None:
             self.stopping = signal.Signals(signum).name
 
+    def ports(self) -> dict[str, tuple[int, str]]:
+        """Every port `atp up` will listen on, with the flag that moves it."""
+        args = self.args
+        ports: dict[str, tuple[int, str]] = {}
+        if args.redis_cluster:
+            for n in range(args.redis_cluster * (1 + args.replicas)):
+                port = args.redis_port + n
+                ports[f"Redis Cluster node {n + 1}"] = (port, "--redis-port")
+                ports[f"Redis Cluster node {n + 1}'s bus"] = (
+                    port + CLUSTER_BUS_OFFSET,
+                    "--redis-port",
+                )
+        else:
+            ports["Redis"] = (args.redis_port, "--redis-port")
+        ports["Kafka"] = (args.kafka_port, "--kafka-port")
+        ports["API"] = (args.api_port, "--api-port")
+        if args.worker_metrics_port:
+            for n in range(args.workers):
+                name = "worker metrics" if args.workers == 1 else f"worker {n + 1} metrics"
+                ports[name] = (args.worker_metrics_port + n, "--worker-metrics-port")
+        return ports
+
     def run(self) -> int:
-        from atp_service.embedded import EmbeddedError, EmbeddedStack, ensure_topics
+        from atp_service.embedded import (
+            MIN_CLUSTER_PRIMARIES,
+            EmbeddedError,
+            EmbeddedStack,
+            ensure_topics,
+        )
 
         args = self.args
-        check_ports(
-            {
-                "Redis": (args.redis_port, "--redis-port"),
-                "Kafka": (args.kafka_port, "--kafka-port"),
-                "API": (args.api_port, "--api-port"),
-                "worker metrics": (args.worker_metrics_port, "--worker-metrics-port"),
-            }
-        )
+        if args.redis_cluster and args.redis_cluster < MIN_CLUSTER_PRIMARIES:
+            raise CliError(
+                f"--redis-cluster {args.redis_cluster}: a Redis Cluster needs at least "
+                f"{MIN_CLUSTER_PRIMARIES} primaries"
+            )
+        if args.replicas and not args.redis_cluster:
+            raise CliError("--replicas is for --redis-cluster (replicas of its primaries)")
+        check_ports(self.ports())
         channels_file = args.channels_file
         if channels_file is None and args.demo:
             channels_file = DEMO_CHANNELS_FILE
@@ -530,7 +597,13 @@ class Up:
         workdir.mkdir(parents=True, exist_ok=True)
         for old in workdir.glob("*.log"):
             old.unlink()
-        stack = EmbeddedStack(args.redis_port, args.kafka_port, workdir)
+        stack = EmbeddedStack(
+            args.redis_port,
+            args.kafka_port,
+            workdir,
+            cluster_primaries=args.redis_cluster,
+            cluster_replicas=args.replicas,
+        )
         keys = self.keys = make_dev_keys()
         env = {
             **os.environ,
@@ -541,6 +614,8 @@ class Up:
             "ATP_API_KEYS": keys_json(keys),
             "ATP_WORKER_METRICS_PORT": str(args.worker_metrics_port),
         }
+        if args.redis_cluster:
+            env["ATP_REDIS_CLUSTER"] = "true"
         if channels_file is not None:
             env["ATP_CHANNELS_FILE"] = str(channels_file.resolve())
         if sites_file is not None:
@@ -548,13 +623,16 @@ class Up:
         if args.demo:
             # The whole loop: the worker asks, the simulator answers, the fold finds drift.
             env.setdefault("ATP_RECONCILE_EVERY_SECONDS", DEMO_RECONCILE_EVERY_SECONDS)
+        topics = {**TOPIC_PARTITIONS, **dict.fromkeys(INBOUND_TOPICS, args.partitions)}
 
         previous = {
             sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
         }
         code = 0
         try:
-            code = self._start_and_watch(stack, env, keys, ensure_topics)
+            code = self._start_and_watch(
+                stack, env, keys, lambda bootstrap: ensure_topics(bootstrap, topics)
+            )
         except EmbeddedError as exc:
             self.out(f"atp up: {exc} (logs in {workdir})")
             code = 1
@@ -569,7 +647,7 @@ class Up:
             for child in reversed(self.children):
                 child.stop()
             stack.kafka.stop()
-            stack.redis.stop()
+            stack.stop_redis()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.out("stopped")
@@ -590,8 +668,15 @@ class Up:
     ) -> int:
         args = self.args
         atp = [sys.executable, "-m", "atp_service"]
-        self.out(f"starting Redis on {LOOPBACK}:{args.redis_port} ...")
-        stack.redis.start()
+        if stack.cluster is not None:
+            self.out(
+                f"starting a Redis Cluster of {args.redis_cluster} primaries with "
+                f"{args.replicas} replica(s) each on {LOOPBACK}:{args.redis_port}-"
+                f"{args.redis_port + len(stack.cluster.nodes) - 1} ..."
+            )
+        else:
+            self.out(f"starting Redis on {LOOPBACK}:{args.redis_port} ...")
+        stack.start_redis()
         if self.stopping:
             return 0
         self.out(f"starting Kafka-compatible broker (Tansu) on {stack.bootstrap} ...")
@@ -599,11 +684,20 @@ class Up:
         ensure_topics(stack.bootstrap)
         if self.stopping:
             return 0
-        self.out("starting the stream worker and the API ...")
-        self._spawn("worker", [*atp, "worker"], env, stop_timeout=20.0)
+        self.out("starting the stream worker(s) and the API ...")
+        for n in range(args.workers):
+            worker_env = env
+            if args.worker_metrics_port:
+                worker_env = {**env, "ATP_WORKER_METRICS_PORT": str(args.worker_metrics_port + n)}
+            name = "worker" if args.workers == 1 else f"worker-{n + 1}"
+            self._spawn(name, [*atp, "worker"], worker_env, stop_timeout=20.0)
         api = self._spawn(
-            "api", [*atp, "api", "--host", LOOPBACK, "--port", str(args.api_port)], env, 10.0
-        )
+            "api",
+            [*atp, "api", "--host", LOOPBACK, "--port", str(args.api_port),
+             "--workers", str(args.api_workers)],
+            env,
+            10.0,
+        )  # fmt: skip
         ready_url = f"http://{LOOPBACK}:{args.api_port}/readyz"
         deadline = time.monotonic() + args.ready_timeout
         while http_status(ready_url) != 200:
@@ -664,12 +758,19 @@ class Up:
             "ATP service is up" + (" with demo traffic" if args.demo else ""),
             f"  API            {api}   (/docs, /healthz, /readyz, /metrics)",
             f"  dashboard      {api}/dashboard   (sign in with the admin key below)",
-            f"  Redis          {stack.redis_url}",
+            f"  Redis          {stack.redis_url}"
+            + (
+                f"   (a Cluster: {args.redis_cluster} primaries, {args.replicas} replica(s) each)"
+                if stack.cluster is not None
+                else ""
+            ),
             f"  Kafka          {stack.bootstrap}   topics: "
             + ", ".join([*INBOUND_TOPICS, EVENTS_TOPIC, DLQ_TOPIC]),
         ]
         if args.worker_metrics_port:
-            lines.append(f"  worker         http://{LOOPBACK}:{args.worker_metrics_port}/metrics")
+            for n in range(args.workers):
+                port = args.worker_metrics_port + n
+                lines.append(f"  worker         http://{LOOPBACK}:{port}/metrics")
         if "ATP_CHANNELS_FILE" in env:
             lines.append(f"  channels       {env['ATP_CHANNELS_FILE']}")
         if "ATP_SITES_FILE" in env:
@@ -702,6 +803,7 @@ class Up:
         path: Path = self.args.workdir.resolve() / "env"
         names = (
             "ATP_REDIS_URL",
+            "ATP_REDIS_CLUSTER",
             "ATP_KAFKA_BROKERS",
             "ATP_API_URL",
             "ATP_WORKER_METRICS_PORT",

@@ -179,7 +179,10 @@ class Settings(BaseSettings):
 
     # -- where things are --------------------------------------------------------------
     redis_url: str = f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
-    """Redis holding the folded positions, reservations and the outbox."""
+    """Redis holding the folded positions, reservations and the outbox; with ``redis_cluster``
+    one or more seed nodes of a Redis Cluster, comma-separated (``redis://h1:p1,redis://h2:p2``)."""
+    redis_cluster: bool = False
+    """``true``: ``redis_url`` names seed nodes of a Redis Cluster (contract section 7)."""
     kafka_brokers: Annotated[list[str], NoDecode] = [f"127.0.0.1:{EMBEDDED_KAFKA_PORT}"]
     """Bootstrap servers, comma-separated ``host:port``."""
     api_url: str = f"http://127.0.0.1:{EMBEDDED_API_PORT}"
@@ -227,6 +230,12 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=64, ge=1)
     redis_retry_after_seconds: int = Field(default=1, ge=1)
     """``Retry-After`` sent with a 503 when Redis is unreachable."""
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    """An HTTP write (reservation, transition, admin change) is answered only once this many
+    replicas have it (Redis ``WAIT``); a timeout is a 503 and the write still counts."""
+    redis_wait_timeout_ms: int = Field(default=200, ge=1, le=60_000)
+    """How long an HTTP write waits for ``redis_wait_replicas`` replicas before its 503; less
+    than ``redis_timeout_seconds`` (the reply of the ``WAIT`` must come within it)."""
 
     api_opentelemetry: bool = False
     """FastAPI's built-in OpenTelemetry spans, metrics and logs (providers and exporters from
@@ -318,6 +327,28 @@ class Settings(BaseSettings):
                 f"ATP_EVENTS_COALESCE_MS ({self.events_coalesce_ms}) must be at most half of "
                 f"ATP_RELAY_CLAIM_IDLE_MS ({self.relay_claim_idle_ms}): a relay holding "
                 "entries longer looks dead to the others"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _wait_within_the_timeout(self) -> Settings:
+        if (
+            self.redis_wait_replicas
+            and self.redis_wait_timeout_ms >= self.redis_timeout_seconds * 1000
+        ):
+            raise ValueError(
+                f"ATP_REDIS_WAIT_TIMEOUT_MS ({self.redis_wait_timeout_ms}) must be less than "
+                f"ATP_REDIS_TIMEOUT_SECONDS ({self.redis_timeout_seconds:g} s): the reply of the "
+                "WAIT must come within the socket timeout"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_redis_unless_a_cluster(self) -> Settings:
+        if not self.redis_cluster and "," in self.redis_url:
+            raise ValueError(
+                "ATP_REDIS_URL names several Redis nodes: set ATP_REDIS_CLUSTER=true for a "
+                "Redis Cluster, or name one Redis"
             )
         return self
 

@@ -86,6 +86,7 @@ def create_ceiling_app(settings: Settings | None = None) -> FastAPI:
             settings.redis_url,
             timeout=settings.redis_timeout_seconds,
             max_connections=settings.redis_max_connections,
+            cluster=settings.redis_cluster,
         )
         await client.set(CEILING_KEY, orjson.dumps(BODY).decode())
         holder["redis"] = client

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from atp_service import metrics
 from atp_service.domain import Bucket, ChannelPolicy, Source
@@ -149,7 +149,9 @@ class BatchAbandoned(Exception):
 def redis_is_down(exc: BaseException) -> bool:
     if isinstance(exc, ResponseError):
         return str(exc).startswith(_TRANSIENT_REPLIES)
-    return isinstance(exc, RedisError | OSError)
+    # A cluster client's RedisClusterException (no node serves a slot, none answers) is
+    # not a RedisError.
+    return isinstance(exc, RedisError | OSError | RedisClusterException)
 
 
 def _any_error(exc: BaseException) -> bool:
@@ -194,6 +196,7 @@ class BatchFolder:
                 return
 
             async def seed() -> None:
+                await self.store.migrate_legacy_keys()
                 await self.store.seed_channel_policies(self._initial_policies)
                 self.book = await self.store.policy_book()
 

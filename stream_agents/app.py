@@ -55,6 +55,7 @@ class WorkerRuntime:
             settings.redis_url,
             timeout=settings.redis_timeout_seconds,
             max_connections=settings.redis_max_connections,
+            cluster=settings.redis_cluster,
         )
         self.store = RedisStore(
             self.redis,

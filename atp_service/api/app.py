@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI
 from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel
@@ -22,6 +21,7 @@ from atp_service.api.state import STORE_ERRORS, ApiState, BackgroundTask
 from atp_service.api.sync_view import follow_sync
 from atp_service.config import Settings, get_settings
 from atp_service.store import connect
+from atp_service.store.redis_store import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def serve_routes(app: FastAPI, routers: list[APIRouter]) -> None:
 def create_app(
     settings: Settings | None = None,
     *,
-    redis_client: aioredis.Redis | None = None,
+    redis_client: RedisClient | None = None,
     relay: bool = True,
 ) -> FastAPI:
     """The API. ``redis_client`` (tests) replaces the one built from ``settings.redis_url``
@@ -99,6 +99,7 @@ def create_app(
             settings.redis_url,
             timeout=settings.redis_timeout_seconds,
             max_connections=settings.redis_max_connections,
+            cluster=settings.redis_cluster,
         )
         state.open(client)
         try:

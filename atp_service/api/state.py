@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from atp_service import metrics
@@ -29,7 +28,12 @@ from atp_service.store import KeySpace, PolicyBook, RedisStore, StoreUnavailable
 from atp_service.store.duty import Duty
 from atp_service.store.position_cache import PositionCache
 from atp_service.store.rate_limit import SharedBuckets
-from atp_service.store.redis_store import UNAVAILABLE_ERRORS, SiteTable
+from atp_service.store.redis_store import (
+    UNAVAILABLE_ERRORS,
+    RedisClient,
+    SiteTable,
+    replica_wait,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,8 @@ log = logging.getLogger(__name__)
 STORE_ERRORS: tuple[type[BaseException], ...] = (StoreUnavailable, RedisError, *UNAVAILABLE_ERRORS)
 
 POLICY_POLL_SECONDS = 0.5
+#: A request's script call may take this many socket timeouts in all (then a 503).
+SCRIPT_CALL_TIMEOUTS = 4
 ACCESS_LOG_FLUSH_SECONDS = 0.1
 SITES_POLL_SECONDS = 1.0
 _KAFKA_RETRY_MAX_SECONDS = 5.0
@@ -59,7 +65,7 @@ class ApiState:
         self.rate_limiter: RateLimiter | None = None
         self.keys = KeySpace(settings.key_groups)
         self.seed_policies: dict[str, ChannelPolicy] = settings.load_channel_policies()
-        self._redis: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._store: RedisStore | None = None
         self._positions: PositionCache | None = None
         #: The channel policies in force, refreshed in the background; replaced, never mutated.
@@ -81,7 +87,7 @@ class ApiState:
 
     # -- clients -------------------------------------------------------------------------
 
-    def open(self, client: aioredis.Redis) -> None:
+    def open(self, client: RedisClient) -> None:
         """Use ``client`` from now on (the lifespan's start)."""
         self.stop = asyncio.Event()
         self.book = PolicyBook.of({})
@@ -89,11 +95,15 @@ class ApiState:
         self.site_table = SiteTable(SiteBook())
         self.site_book_loaded = False
         self._redis = client
+        settings = self.settings
         self._store = RedisStore(
             client,
             self.keys,
-            dedup_window_seconds=self.settings.dedup_window_seconds,
-            dedup_chunks=self.settings.dedup_chunks,
+            dedup_window_seconds=settings.dedup_window_seconds,
+            dedup_chunks=settings.dedup_chunks,
+            wait=replica_wait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
+            # A request's script call, its re-routings on a Cluster and its WAIT, in all.
+            call_timeout=SCRIPT_CALL_TIMEOUTS * settings.redis_timeout_seconds,
         )
         self._positions = PositionCache(
             client,
@@ -116,7 +126,7 @@ class ApiState:
             )
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> RedisClient:
         if self._redis is None:
             raise RuntimeError("the app's lifespan has not started")
         return self._redis
@@ -145,6 +155,8 @@ class ApiState:
     async def refresh_policies(self) -> None:
         """Reload the book when its version moved; re-seed when the dataset was reset."""
         store = self.store
+        if not self.policies_loaded:
+            await store.migrate_legacy_keys()  # a dataset of an earlier release
         found = await _reloaded(
             loaded=self.policies_loaded,
             version=self.book.version,

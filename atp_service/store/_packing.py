@@ -9,6 +9,12 @@ synchronous client's packer, with redis-py's behaviour kept: the first argument 
 spaces (``"CONFIG GET"``), memoryviews sent as bytes, and a ``DataError`` for what the
 protocol cannot carry (``None``, a bool, a dict...). tests/unit/test_packing.py compares the
 two packers' bytes.
+
+A ``RedisCluster`` builds its nodes' connections from one dict of keyword arguments, whose
+``connection_class`` it fixes itself (no argument sets it): ``with_hiredis_packing_cluster``
+replaces it there and on the seed nodes, before the client connects (redis-py 8.2's
+``NodesManager.connection_kwargs`` and ``ClusterNode.connection_class``; the unit test
+checks a cluster client's nodes get the class).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import DataError
 
@@ -51,15 +58,29 @@ class HiredisPacking:
 _classes: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 
 
+def _packing_class(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    if issubclass(base, HiredisPacking):
+        return base
+    cls = _classes.get(base)
+    if cls is None:
+        cls = _classes[base] = type(f"Hiredis{base.__name__}", (HiredisPacking, base), {})
+    return cls
+
+
 def with_hiredis_packing(pool: ConnectionPool) -> ConnectionPool:
     """Make the pool's (not yet opened) connections pack with hiredis, if it can."""
     if _pack is None:
         return pool  # an older hiredis: redis-py's own packer
-    base = pool.connection_class
-    if issubclass(base, HiredisPacking):
-        return pool
-    cls = _classes.get(base)
-    if cls is None:
-        cls = _classes[base] = type(f"Hiredis{base.__name__}", (HiredisPacking, base), {})
-    pool.connection_class = cls
+    pool.connection_class = _packing_class(pool.connection_class)
     return pool
+
+
+def with_hiredis_packing_cluster(client: RedisCluster) -> RedisCluster:
+    """Make the connections of a (not yet initialized) cluster client pack with hiredis."""
+    if _pack is None:
+        return client
+    kwargs = client.nodes_manager.connection_kwargs
+    kwargs["connection_class"] = _packing_class(kwargs["connection_class"])
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = _packing_class(node.connection_class)  # type: ignore[assignment]
+    return client

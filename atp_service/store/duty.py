@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from importlib import resources
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from atp_service.store.keys import duty_key
+from atp_service.store.redis_store import RedisClient
 
 #: How long a worker's report of a successful round stands.
 DUTY_LEASE_MS = 3_000
@@ -31,7 +31,7 @@ class Duty:
     ``taken()`` before doing a round (an API process on stand-by)."""
 
     def __init__(
-        self, client: aioredis.Redis, name: str, *, holder: str, lease_ms: int = DUTY_LEASE_MS
+        self, client: RedisClient, name: str, *, holder: str, lease_ms: int = DUTY_LEASE_MS
     ) -> None:
         self._redis = client
         self.key = duty_key(name)
@@ -61,7 +61,7 @@ class Lease:
     """One process at a time: ``hold()`` takes the lease or keeps it (for ``ttl_ms`` more)
     and says whether this process holds it; a holder that stops renewing loses it."""
 
-    def __init__(self, client: aioredis.Redis, key: str, *, holder: str, ttl_ms: int) -> None:
+    def __init__(self, client: RedisClient, key: str, *, holder: str, ttl_ms: int) -> None:
         self.key = key
         self.holder = holder
         self.ttl_ms = ttl_ms

@@ -7,7 +7,8 @@ the same tag, so on Redis Cluster a fold call stays a single-slot script. The gr
 is fixed for the life of a dataset.
 
 Reservations span item-sites by nature; their keys carry their own tag (see
-``docs``/README: cross-slot reservations on Cluster).
+``reservation_keys.py`` and docs/reservations.md: cross-slot reservations on a Cluster).
+The configuration (policies, sites) shares one tag of its own, ``CONFIG_TAG``.
 """
 
 from __future__ import annotations
@@ -42,13 +43,31 @@ BUCKET_FIELDS = {
     "quarantined": F_QUARANTINED,
 }
 
-POLICIES = f"{PREFIX}:policies"  # hash: channel -> policy JSON
-POLICIES_VERSION = f"{PREFIX}:policies:v"  # counter bumped on every policy change
-SITES = f"{PREFIX}:sites"  # set of every site ever folded
+#: The hash tag of the service's configuration (channel policies, sites and their
+#: attributes): one slot on a Redis Cluster, so a change and its version move together and
+#: one script (or MULTI) may touch any of them. Name more of them with ``config_key``.
+CONFIG_TAG = "{config}"
+
+
+def config_key(name: str) -> str:
+    """A configuration key: ``atp:{config}:<name>``."""
+    return f"{PREFIX}:{CONFIG_TAG}:{name}"
+
+
+POLICIES = config_key("policies")  # hash: channel -> policy JSON
+POLICIES_VERSION = config_key("policies:v")  # counter bumped on every policy change
+SITES = config_key("sites")  # set of every site ever folded
 #: Site attributes for the promise: hash site -> JSON, and a counter bumped on every change.
-#: One hash tag, so that a change and its bump are one MULTI on one slot of a Cluster.
-SITE_ATTRIBUTES = f"{PREFIX}:{{site-attributes}}:sites"
-SITE_ATTRIBUTES_VERSION = f"{PREFIX}:{{site-attributes}}:v"
+SITE_ATTRIBUTES = config_key("sites:attributes")
+SITE_ATTRIBUTES_VERSION = config_key("sites:attributes:v")
+#: Where these lived before they shared a slot (a single Redis moves them at start).
+LEGACY_CONFIG_KEYS = {
+    f"{PREFIX}:policies": POLICIES,
+    f"{PREFIX}:policies:v": POLICIES_VERSION,
+    f"{PREFIX}:sites": SITES,
+    f"{PREFIX}:{{site-attributes}}:sites": SITE_ATTRIBUTES,
+    f"{PREFIX}:{{site-attributes}}:v": SITE_ATTRIBUTES_VERSION,
+}
 RELAY_GROUP = "relay"  # consumer group reading the outbox streams
 # hash: "<partition>:<offset>" of a dead letter in inventory.dlq.v1 -> its replay mark (dlq.py)
 DLQ_REPLAYED = f"{PREFIX}:dlq:replayed"

@@ -20,6 +20,16 @@ How stale an answer can be, and why:
   dropped. A (re)subscription also drops it (changes may have been missed meanwhile), so
   the copy never serves anything older than ``max_staleness_seconds``.
 
+On a **Redis Cluster** the scripts publish on the same channel (plain ``PUBLISH``: Redis
+sends it over the cluster bus to every node, so one subscription, on any node, hears every
+primary; Redis 6.2 and 7). A ping on that subscription proves only its own node's messages
+came in, so the copy hears from every primary instead: every ``ping_seconds`` it publishes
+a heartbeat on each primary (``~<its token> <primary> <sent at>``), which comes in after
+everything that primary published before it; the copy is current while the oldest of the
+primaries' latest heartbeats it received was sent within ``max_staleness_seconds`` (a new
+primary, after a failover, counts once it is heard from). When the subscribed node fails
+the copy is dropped and subscribes on another node.
+
 Reservations never use this copy: they are decided by the scripts, on Redis itself.
 """
 
@@ -29,18 +39,20 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
+import random
 import sys
 import time
 from collections.abc import Sequence
 from datetime import date
 from typing import Any, Final
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from atp_service import metrics
 from atp_service.domain import ItemSite, ItemSitePosition
 from atp_service.store.keys import CHANGES_CHANNEL
-from atp_service.store.redis_store import RedisStore, date_of_epoch_day
+from atp_service.store.redis_store import RedisClient, RedisStore, date_of_epoch_day
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +106,10 @@ def is_newer(held: RawPosition, than: RawPosition) -> bool:
     if held[VERSION] != than[VERSION]:
         return held[VERSION] > than[VERSION]
     return held[SOURCES] != than[SOURCES] and _heard_sum(held[SOURCES]) > _heard_sum(than[SOURCES])
+
+
+#: The first character of a heartbeat on the change channel (a Cluster's; never a sku's).
+HEARTBEAT = "~"
 
 
 def raw(position: ItemSitePosition) -> RawPosition:
@@ -173,7 +189,7 @@ class PositionCache:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         store: RedisStore,
         *,
         max_entries: int,
@@ -196,6 +212,13 @@ class PositionCache:
         # Counted here, handed to Prometheus by ``run`` (a counter's lock per read is dear).
         self._copy_reads = 0
         self._redis_reads = 0
+        #: On a Cluster: this process's heartbeats, and when the latest one of each primary
+        #: that came back was sent (monotonic).
+        self._cluster = isinstance(client, RedisCluster)
+        self._token = os.urandom(6).hex()
+        self._beats: dict[str, float] = {}
+        self._primaries: frozenset[str] = frozenset()
+        self._beating: asyncio.Future[None] | None = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -384,20 +407,54 @@ class PositionCache:
         metrics.POSITION_COPY_DROPS.inc()
 
     def _on_message(self, message: Any) -> None:
-        self._last_heard = time.monotonic()
         if not isinstance(message, list) or not message:
+            self._last_heard = time.monotonic()
             return  # a ping's reply
         kind = message[0]
         if kind == "message":
-            self.apply_lines(message[2])
+            text = message[2]
+            if text.startswith(HEARTBEAT):
+                self._heartbeat(text)
+                return
+            if not self._cluster:  # one Redis: any message proves the line is alive
+                self._last_heard = time.monotonic()
+            self.apply_lines(text)
         elif kind == "subscribe":
             # The first subscription, or redis-py's re-subscription after a reconnect: what
             # was published in between is lost, so start again from Redis.
             self._drop("subscribed again")
+            if self._cluster:
+                self._note_primaries(self._primaries)  # current once every primary is heard
+            else:
+                self._last_heard = time.monotonic()
             self._connected = True
+
+    def _heartbeat(self, text: str) -> None:
+        """One of this process's heartbeats came back: the primary it went through has had
+        everything it published before it applied."""
+        parts = text[1:].split(" ")
+        if len(parts) != 3 or parts[0] != self._token:
+            return  # another process's
+        try:
+            sent = float(parts[2])
+        except ValueError:
+            return
+        if sent > self._beats.get(parts[1], 0.0):
+            self._beats[parts[1]] = sent
+        self._note_primaries(self._primaries)
+
+    def _note_primaries(self, primaries: frozenset[str]) -> None:
+        """The primaries are these now: the copy is as fresh as the one heard from least
+        recently (one not heard from at all: not fresh)."""
+        self._primaries = primaries
+        beats = self._beats
+        self._last_heard = min((beats.get(name, 0.0) for name in primaries), default=0.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the change channel until ``stop``; survives Redis outages (reads fall back)."""
+        if isinstance(self._redis, RedisCluster):
+            await self._follow_cluster(self._redis, stop)
+            return
         backoff = 0.1
         while not stop.is_set():
             pubsub = self._redis.pubsub()
@@ -429,3 +486,70 @@ class PositionCache:
                     await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
                 except Exception:
                     log.debug("closing the subscription", exc_info=True)
+
+    async def _follow_cluster(self, client: RedisCluster, stop: asyncio.Event) -> None:
+        """``run`` on a Redis Cluster: subscribed on one node (another when it fails), with
+        a heartbeat through every primary (see the module's docstring)."""
+        backoff = 0.1
+        tried: list[str] = []
+        while not stop.is_set():
+            pubsub: Any = None
+            try:
+                await client.initialize()
+                nodes = [n for n in client.get_nodes() if n.name not in tried] or client.get_nodes()
+                node = random.choice(nodes)
+                tried = [*tried[-8:], node.name]
+                pubsub = client.pubsub(node=node)
+                self._beats = {}
+                self._note_primaries(frozenset())
+                await pubsub.subscribe(CHANGES_CHANNEL)
+                next_beat = 0.0
+                while not stop.is_set():
+                    message = await pubsub.parse_response(block=False, timeout=self.ping_seconds)
+                    if message is not None:
+                        self._on_message(message)
+                    now = time.monotonic()
+                    if now >= next_beat:
+                        primaries = client.get_primaries()
+                        self._note_primaries(frozenset(p.name for p in primaries))
+                        if self._beating is None or self._beating.done():
+                            self._beating = asyncio.ensure_future(
+                                self._beat(client, primaries, now)
+                            )
+                        next_beat = now + self.ping_seconds
+                        self.publish_counts()
+                    backoff = 0.1
+                    tried = []
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._connected = False
+                self._drop(f"subscription failed: {exc!r}")
+                log.warning("position copy: %r; subscribing again in %.1fs", exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                self._connected = False
+                if self._beating is not None:
+                    self._beating.cancel()
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except Exception:
+                        log.debug("closing the subscription", exc_info=True)
+
+    async def _beat(self, client: RedisCluster, primaries: Sequence[Any], now: float) -> None:
+        """A heartbeat through each primary; one that fails (a primary down) is not heard
+        from, and the copy stops being current until it (or its replacement) is."""
+
+        async def one(node: Any) -> None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.max_staleness):
+                    await client.publish(
+                        CHANGES_CHANNEL,
+                        f"{HEARTBEAT}{self._token} {node.name} {now!r}",
+                        target_nodes=node,
+                    )
+
+        await asyncio.gather(*(one(node) for node in primaries))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import zlib
@@ -14,10 +15,10 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.domain import (
@@ -31,10 +32,11 @@ from atp_service.domain import (
     SiteBook,
 )
 from atp_service.store import keys as k
+from atp_service.store._cluster import NodeScripts, connect_cluster
 from atp_service.store._packing import with_hiredis_packing
-from atp_service.store._pipe import ScriptPipe
+from atp_service.store._pipe import ReplicaWait, ScriptPipe
 from atp_service.store.keys import KeySpace
-from atp_service.store.reservation_keys import reservation_keys
+from atp_service.store.reservation_keys import consumed_marks, hold, reservation_keys
 
 _EPOCH = date(1970, 1, 1)
 _BUCKET_CODES = {
@@ -48,15 +50,33 @@ _BUCKET_CODES = {
 DEFAULT_DEDUP_CHUNKS = 1024
 
 #: Errors that mean "Redis is not there right now"; callers turn them into 503 / retry.
-UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+#: (A cluster client's ``RedisClusterException``, raised when no node serves a slot or none
+#: answers, is not a ``RedisError``.)
+UNAVAILABLE_ERRORS = (
+    RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, RedisClusterException,
+)  # fmt: skip
 
 
 class StoreUnavailable(Exception):
     """Redis could not be reached within the configured timeout."""
 
 
-def connect(url: str, *, timeout: float, max_connections: int) -> aioredis.Redis:
-    """A client whose pool waits for a free connection and whose calls fail fast in an outage."""
+#: The service's Redis client: one Redis (or primary), or a Redis Cluster.
+RedisClient = aioredis.Redis | RedisCluster
+
+
+def connect(
+    url: str, *, timeout: float, max_connections: int, cluster: bool = False
+) -> RedisClient:
+    """A client whose calls fail fast in an outage; its pool waits for a free connection.
+
+    With ``cluster``, ``url`` names one or more seed nodes, comma-separated, and the client
+    is redis-py's ``RedisCluster`` (``max_connections`` per node).
+    """
+    if cluster:
+        return connect_cluster(url, timeout=timeout, max_connections=max_connections)
+    if "," in url:
+        raise ValueError(f"{url!r} names several Redis nodes; a cluster client is needed")
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -69,6 +89,11 @@ def connect(url: str, *, timeout: float, max_connections: int) -> aioredis.Redis
     return aioredis.Redis(connection_pool=with_hiredis_packing(pool))
 
 
+def replica_wait(replicas: int, timeout_ms: int) -> ReplicaWait | None:
+    """What an HTTP write waits for (``ATP_REDIS_WAIT_REPLICAS``), or None for nothing."""
+    return ReplicaWait(replicas, timeout_ms) if replicas > 0 else None
+
+
 def epoch_day(value: date) -> int:
     return (value - _EPOCH).days
 
@@ -77,9 +102,16 @@ def date_of_epoch_day(day: int) -> date:
     return date.fromordinal(_EPOCH.toordinal() + day)
 
 
-def _load_lua(name: str) -> str:
+def _load_lua(name: str, libraries: Sequence[str] = ("_lib.lua",)) -> str:
     lua = resources.files("atp_service.store") / "lua"
-    return (lua / "_lib.lua").read_text() + "\n" + (lua / name).read_text()
+    return "\n".join([*((lua / lib).read_text() for lib in libraries), (lua / name).read_text()])
+
+
+#: What fold.lua is loaded with (it consumes reservations' holds).
+FOLD_LIBRARIES = ("_lib.lua", "_holds.lua")
+
+#: One script call: the script, its KEYS and its ARGV.
+ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]
 
 
 #: The channel name of ``availability.changed`` events that speak for every channel without
@@ -138,6 +170,10 @@ class PolicyBook:
                 self._channel_json[channel] = encoded
         return encoded
 
+
+#: On a Cluster, how long a relay's read of the outbox pauses when every stream is empty
+#: (each stream its own slot: no one blocking read can wait on all of them).
+CLUSTER_OUTBOX_POLL_MS = 20
 
 #: The status of an event whose fold raised inside the script (the others went on).
 FOLD_ERROR = "error"
@@ -351,30 +387,49 @@ def position_from_hash(raw: dict[str, str]) -> ItemSitePosition:
 
 
 class RedisStore:
-    """The one adapter between the service and Redis. Receives its client; builds none."""
+    """The one adapter between the service and Redis. Receives its client; builds none.
+
+    ``client`` is one Redis (or primary) or a Redis Cluster (``RedisCluster``); on a Cluster
+    every script call touches one slot (tests/integration/test_single_slot.py), and the
+    scripts of a request go to their primaries' pipes (``_cluster.NodeScripts``). With
+    ``wait``, a script call is answered once that many replicas have it (``_pipe``).
+    ``call_timeout`` bounds each script call of a request (a Cluster's client retries
+    inside; a failover must be a quick 503, not a hang).
+    """
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         keys: KeySpace,
         *,
         dedup_window_seconds: int,
         dedup_chunks: int = DEFAULT_DEDUP_CHUNKS,
+        wait: ReplicaWait | None = None,
+        call_timeout: float | None = None,
     ):
         self.redis = client
         self.keys = keys
+        self.cluster = isinstance(client, RedisCluster)
         self._window = dedup_window_seconds * 1000
         self._window_ms = str(self._window)
         self._dedup_chunks = dedup_chunks
-        self._scripts = ScriptPipe(client)
+        self.wait = wait
+        self._call_timeout = call_timeout
+        self._scripts: ScriptPipe | NodeScripts = (
+            NodeScripts(client, wait=wait)
+            if isinstance(client, RedisCluster)
+            else ScriptPipe(client, wait=wait)
+        )
+        #: Each registered script's file, by its SHA1 (for logs and tests).
+        self.script_names: dict[str, str] = {}
         #: Told, right away, of the positions this process's own scripts changed (the API's
         #: in-process copy: a read after a write sees the write). Lines as ``announce``.
         self.own_changes: list[Callable[[str], None]] = []
         self._group_prefixes = [f"{k.PREFIX}:{k.tag(g)}:" for g in range(keys.groups)]
-        self._fold: AsyncScript = client.register_script(_load_lua("fold.lua"))
-        self._set_safety_stock: AsyncScript = client.register_script(
-            _load_lua("set_safety_stock.lua")
-        )
+        self._fold: AsyncScript = self.register_script("fold.lua", FOLD_LIBRARIES)
+        self._set_safety_stock = self.register_script("set_safety_stock.lua")
+        self._put_versioned_script = self.register_script("put_versioned.lua")
+        self._migrate_config = self.register_script("migrate_config.lua")
 
     def changed_here(self, announced: Any) -> None:
         """Hand what a script of this process announced to the ``own_changes`` listeners."""
@@ -386,12 +441,67 @@ class RedisStore:
     async def run_script(
         self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
     ) -> Any:
-        """Run ``script``, written at once and pipelined with other requests' calls (_pipe.py)."""
-        return await self._scripts.call(script, keys, args)
+        """Run ``script``, written at once and pipelined with other requests' calls (_pipe.py),
+        on the primary of its slot on a Cluster; answered once replicated when ``wait``."""
+        if self._call_timeout is None:
+            return await self._scripts.call(script, keys, args)
+        async with asyncio.timeout(self._call_timeout):
+            return await self._scripts.call(script, keys, args)
 
-    def register_script(self, name: str) -> AsyncScript:
+    async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run many script calls in one pipelined round trip (on a Cluster, one pipeline per
+        primary, by the cluster client), each reply or error in its place. Not waited for
+        by replicas: for the worker and the sweepers, not for requests.
+
+        EVALSHA itself: a script called through the pipeline would make redis-py ask Redis
+        whether the script exists first, a round trip before the batch is even written. The
+        calls a Redis answers NOSCRIPT (it lost its scripts: a restart, a failover) did not
+        run: the scripts are loaded again and those calls sent again, in their order.
+        """
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for i in todo:
+                script, keys, args = calls[i]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            for i, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+            lost = [i for i in todo if isinstance(replies[i], NoScriptError)]
+            if not lost or attempt:
+                break
+            for script in {id(calls[i][0]): calls[i][0] for i in lost}.values():
+                await self.redis.script_load(script.script)
+            todo = lost
+        return replies
+
+    def register_script(self, name: str, libraries: Sequence[str] = ("_lib.lua",)) -> AsyncScript:
         """Load ``lua/<name>`` with the shared helpers prepended (for other adapters' scripts)."""
-        return self.redis.register_script(_load_lua(name))
+        script: AsyncScript = self.redis.register_script(_load_lua(name, libraries))
+        self.script_names[script.sha] = name
+        return script
+
+    async def scan_keys(self, pattern: str, count: int = 1000) -> list[str]:
+        """Every key matching ``pattern``: SCAN on the one Redis, or on every primary of a
+        Cluster in turn (each a SCAN of its own)."""
+        client = self.redis
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+            found: list[str] = []
+            for node in client.get_primaries():
+                found += [
+                    key
+                    async for key in client.scan_iter(match=pattern, count=count, target_nodes=node)
+                ]
+            return found
+        return [key async for key in client.scan_iter(match=pattern, count=count)]
+
+    async def migrate_legacy_keys(self) -> None:
+        """Move the configuration keys of an older layout (one Redis only) to their place."""
+        if self.cluster:
+            return
+        pairs = [name for pair in k.LEGACY_CONFIG_KEYS.items() for name in pair]
+        await self.run_script(self._migrate_config, pairs, [])
 
     # -- health ----------------------------------------------------------------------------
 
@@ -425,27 +535,14 @@ class RedisStore:
         expires_at = str((generation + 2) * self._window + _DEDUP_MARGIN_MS)
         window = self._window_ms
         policies = book.lua_json
-        sha = self._fold.sha
-
-        def pipeline() -> Pipeline:
-            # EVALSHA itself: a script called through the pipeline would make redis-py ask
-            # Redis whether the script exists first, a round trip before the batch is even
-            # written (with Redis idle meanwhile, and the batch waiting on the worker's
-            # next decode). A lost script cache is handled below instead.
-            pipe: Pipeline = self.redis.pipeline(transaction=False)
-            for call in calls:
-                pipe.evalsha(
-                    sha, len(call.keys), *call.keys,
-                    call.encoded, policies, window, call.fingerprints, expires_at,
-                )  # fmt: skip
-            return pipe
-
-        replies = await pipeline().execute(raise_on_error=False)
-        if replies and all(isinstance(reply, NoScriptError) for reply in replies):
-            # Redis lost its scripts (a restart, a failover, SCRIPT FLUSH) before this batch:
-            # none of it ran. Load the script and send the batch again.
-            await self.redis.script_load(self._fold.script)
-            replies = await pipeline().execute(raise_on_error=False)
+        fold = self._fold
+        replies = await self.run_scripts(
+            [
+                (fold, call.keys,
+                 [call.encoded, policies, window, call.fingerprints, expires_at])
+                for call in calls
+            ]
+        )  # fmt: skip
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply  # as execute() would: the caller folds one event at a time
@@ -505,16 +602,20 @@ class RedisStore:
                 and event.reservation_id is not None
                 and event.bucket is Bucket.ALLOCATED
             ):
-                # Consumption touches the reservation's keys (fold.lua, KEYS[7..9]): alone,
-                # in its place, after what came before it.
+                # Consumption touches the reservation's hold in this group, and its group's
+                # marks of allocated holds (fold.lua's [consumption]); on a single Redis also
+                # the reservation's record (another group). Alone, in its place, after what
+                # came before it.
                 by_group.clear()
-                calls.append(
-                    _FoldCall(
-                        [keys.outboxes[group], *event_keys,
-                         *reservation_keys(keys, event.reservation_id).as_list()],
-                        [_fold_body(event)], digest[:12], [index],
-                    )
-                )  # fmt: skip
+                rid = event.reservation_id
+                body = _fold_body(event)
+                call_keys = [keys.outboxes[group], *event_keys, hold(group, rid),
+                             consumed_marks(group)]  # fmt: skip
+                body["hk"], body["mk"], body["hg"] = 7, 8, group
+                if not self.cluster:
+                    body["rk"] = 9
+                    call_keys += reservation_keys(keys, rid).as_list()
+                calls.append(_FoldCall(call_keys, [body], digest[:12], [index]))
                 continue
             call = by_group.get(group)
             if call is None or len(call.indexes) >= _MAX_EVENTS_PER_CALL:
@@ -624,6 +725,9 @@ class RedisStore:
 
     # -- versioned tables: a hash of JSON entries and a counter bumped by every change -------
 
+    # The table and its counter share a slot (keys.CONFIG_TAG); a change is a script, so that
+    # it goes by the pipe an HTTP write goes by (waited for by replicas with ``wait``).
+
     async def _read_versioned(self, table: str, version: str) -> tuple[int, dict[str, str]]:
         pipe = self.redis.pipeline(transaction=True)
         pipe.get(version)
@@ -632,20 +736,16 @@ class RedisStore:
         return int(number or 0), raw
 
     async def _put_versioned(self, table: str, version: str, name: str, text: str) -> int:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(table, name, text)
-        pipe.incr(version)
-        _, number = await pipe.execute()
+        number = await self.run_script(
+            self._put_versioned_script, [table, version], ["put", name, text]
+        )
         return int(number)
 
     async def _seed_versioned(self, table: str, version: str, entries: dict[str, str]) -> None:
         if not entries:
             return
-        pipe = self.redis.pipeline(transaction=True)
-        for name, text in entries.items():
-            pipe.hsetnx(table, name, text)
-        pipe.incr(version)
-        await pipe.execute()
+        pairs = [item for name, text in entries.items() for item in (name, text)]
+        await self.run_script(self._put_versioned_script, [table, version], ["seed", *pairs])
 
     async def set_safety_stock(
         self,
@@ -662,9 +762,10 @@ class RedisStore:
         ``changed_by`` (the name of the admin's API key) is carried by every
         ``availability.changed`` the change causes."""
         ks = self.keys.item_site(item.sku, item.site)
-        version, announced = await self._set_safety_stock(
-            keys=[ks.position, ks.outbox],
-            args=[
+        version, announced = await self.run_script(
+            self._set_safety_stock,
+            [ks.position, ks.outbox],
+            [
                 item.sku,
                 item.site,
                 "" if safety_stock is None else str(safety_stock),
@@ -691,12 +792,29 @@ class RedisStore:
     async def read_outbox(
         self, consumer: str, count: int, block_ms: int | None, *, pending: bool = False
     ) -> list[OutboxEntry]:
-        """New entries for this relay consumer, or (``pending``) those it read but never acked."""
-        streams: dict[Any, Any] = dict.fromkeys(self.keys.outboxes, "0" if pending else ">")
-        reply = await self.redis.xreadgroup(
-            k.RELAY_GROUP, consumer, streams, count=count, block=None if pending else block_ms
-        )
-        return self._entries(reply)
+        """New entries for this relay consumer, or (``pending``) those it read but never acked.
+
+        On one Redis, one XREADGROUP over every stream, blocking up to ``block_ms`` for new
+        ones. On a Cluster each stream is in a slot of its own, and one command may not name
+        two: one XREADGROUP per stream, pipelined, none blocking; when all come back empty,
+        a pause of ``CLUSTER_OUTBOX_POLL_MS`` (at most ``block_ms``) before the answer.
+        """
+        start = "0" if pending else ">"
+        if not self.cluster:
+            streams: dict[Any, Any] = dict.fromkeys(self.keys.outboxes, start)
+            reply = await self.redis.xreadgroup(
+                k.RELAY_GROUP, consumer, streams, count=count, block=None if pending else block_ms
+            )
+            return self._entries(reply)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.keys.outboxes:
+            pipe.xreadgroup(k.RELAY_GROUP, consumer, {stream: start}, count=count)
+        entries: list[OutboxEntry] = []
+        for reply in await pipe.execute():
+            entries += self._entries(reply)
+        if not entries and not pending and block_ms:
+            await asyncio.sleep(min(block_ms, CLUSTER_OUTBOX_POLL_MS) / 1000)
+        return entries
 
     async def claim_stale_outbox(
         self, consumer: str, idle_ms: int, count: int
@@ -715,6 +833,8 @@ class RedisStore:
     @staticmethod
     def _entries(reply: Any) -> list[OutboxEntry]:
         out: list[OutboxEntry] = []
+        if isinstance(reply, dict):  # RESP3 shape
+            reply = list(reply.items())
         for stream, entries in reply or []:
             for entry_id, fields in entries:
                 if fields:  # a pending entry deleted meanwhile comes back empty

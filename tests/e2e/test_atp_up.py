@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from atp_service.cli import port_is_free
-from atp_service.embedded import free_ports
+from atp_service.embedded import free_cluster_port_range, free_ports
 from tests.e2e.conftest import atp_argv
 
 pytestmark = pytest.mark.e2e
@@ -203,3 +203,74 @@ def test_atp_up_stops_everything_and_fails_when_one_of_its_processes_dies(
     assert processes_using(redis_url) == []
     for name, port in ports.items():
         assert port_is_free(port), f"{name} port {port} still in use"
+
+
+def test_atp_up_on_a_redis_cluster_with_two_workers_and_two_api_processes_serves(
+    tmp_path: Path,
+) -> None:
+    """`atp up --redis-cluster 3 --replicas 1 --workers 2 --api-workers 2 --demo`."""
+    base = free_cluster_port_range(6)
+    kafka, api = free_ports(2)
+    argv = atp_argv(
+        "up", "--demo",
+        "--redis-cluster", "3", "--replicas", "1", "--workers", "2", "--api-workers", "2",
+        "--partitions", "4",
+        "--redis-port", str(base),
+        "--kafka-port", str(kafka),
+        "--api-port", str(api),
+        "--worker-metrics-port", "0",
+        "--workdir", str(tmp_path / "atp"),
+        "--demo-rate", "300",
+        "--demo-skus", "50",
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+    )
+    output = Output(proc)
+    redis_url = ",".join(f"redis://127.0.0.1:{base + n}" for n in range(6))
+    try:
+        output.wait_for("Ctrl-C stops everything", proc, START_DEADLINE)
+        reader = re.search(r"storefront\s+(dev-[0-9a-f]+)", output.text)
+        oms = re.search(r"oms\s+(dev-[0-9a-f]+)", output.text)
+        assert reader and oms, output.text
+        url = f"http://127.0.0.1:{api}"
+        env_file = (tmp_path / "atp" / "env").read_text()
+        assert "ATP_REDIS_CLUSTER='true'" in env_file and redis_url in env_file
+
+        def atp_of_the_hottest_sku() -> int:
+            response = httpx.get(
+                f"{url}/v1/availability/SKU-00001", params={"channel": "web"},
+                headers={"Authorization": f"Bearer {reader.group(1)}"}, timeout=5.0,
+            )  # fmt: skip
+            assert response.status_code == 200, response.text
+            return int(response.json()["atp"])
+
+        deadline = time.monotonic() + MOVE_DEADLINE
+        while atp_of_the_hottest_sku() < 2:
+            assert time.monotonic() < deadline, "the demo's stock never arrived"
+            time.sleep(0.2)
+        sites = httpx.get(
+            f"{url}/v1/availability/SKU-00001", params={"channel": "web"},
+            headers={"Authorization": f"Bearer {reader.group(1)}"}, timeout=5.0,
+        ).json()["sites"]  # fmt: skip
+        site = max(sites, key=lambda s: s["atp"])["site"]
+        placed = httpx.post(
+            f"{url}/v1/reservations",
+            json={"channel": "web", "lines": [{"sku": "SKU-00001", "site": site, "qty": 1}]},
+            headers={"Authorization": f"Bearer {oms.group(1)}", "Idempotency-Key": "up-1"},
+            timeout=5.0,
+        )
+        assert placed.status_code == 201, placed.text
+        # 2 workers, 2 API processes (a parent and its workers), the simulator
+        assert len(processes_using(redis_url)) >= 5
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(STOP_DEADLINE) == 0, output.text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "stopped" in output.lines[-1], output.text
+    assert processes_using(redis_url) == []
+    for port in [*range(base, base + 6), *range(base + 10_000, base + 10_006), kafka, api]:
+        assert port_is_free(port), f"port {port} still in use"

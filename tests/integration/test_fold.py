@@ -20,7 +20,7 @@ from atp_service.store import PolicyBook, RedisStore
 from atp_service.store.redis_store import outbox_records
 from tests.random_refs import random_event_id, random_sku
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_redis_kinds]
 
 NOW = "2026-11-23T05:00:00Z"
 BOOK = PolicyBook.of({"web": ChannelPolicy(safety_stock=2)})

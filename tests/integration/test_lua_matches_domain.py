@@ -28,7 +28,7 @@ from atp_service.domain import (
 )
 from atp_service.embedded import EmbeddedStack
 from atp_service.store import KeySpace, PolicyBook, RedisStore
-from atp_service.store.redis_store import _load_lua, epoch_day, outbox_records
+from atp_service.store.redis_store import FOLD_LIBRARIES, _load_lua, epoch_day, outbox_records
 from tests.random_refs import random_event_id, random_sku
 
 pytestmark = pytest.mark.integration
@@ -96,7 +96,7 @@ def test_lua_atp_equals_domain_atp(
     sku, site = random_sku("lua"), "DC-LUA"
     keys = KEYS.item_site(sku, site)
     _seed(sync_redis, keys.position, pos)
-    fold = sync_redis.register_script(_load_lua("fold.lua"))
+    fold = sync_redis.register_script(_load_lua("fold.lua", FOLD_LIBRARIES))
     book = PolicyBook.of({"c": policy})
     event = InventoryDelta(
         random_event_id(), Source.WMS, sku, site, Bucket.ON_HAND, 1, "2026-11-23T00:00:00Z"

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from datetime import date
 
 import pytest
-import redis.asyncio as aioredis
 
 from atp_service.domain import (
     Bucket,
@@ -23,10 +22,11 @@ from atp_service.domain.reservations import LineRequest, ReservationRequest
 from atp_service.embedded import ManagedProcess
 from atp_service.store import KeySpace, PolicyBook, RedisStore, connect
 from atp_service.store.position_cache import PositionCache
+from atp_service.store.redis_store import RedisClient
 from atp_service.store.reservations import ReservationStore
 from tests.random_refs import random_event_id, random_site, random_sku
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_redis_kinds]
 
 NOW = "2026-11-23T05:00:00Z"
 OPEN = PolicyBook.of({})
@@ -42,7 +42,7 @@ async def running(cache: PositionCache, stop: asyncio.Event) -> asyncio.Task[Non
 
 
 @pytest.fixture
-async def cache(store: RedisStore, redis_client: aioredis.Redis) -> AsyncIterator[PositionCache]:
+async def cache(store: RedisStore, redis_client: RedisClient) -> AsyncIterator[PositionCache]:
     copy = PositionCache(redis_client, store, max_entries=10_000)
     stop = asyncio.Event()
     task = await running(copy, stop)
@@ -97,10 +97,11 @@ async def test_every_kind_of_change_reaches_the_copy(
         return ReservationRequest("web", (LineRequest(sku, site, qty),))
 
     async def reserve(qty: int) -> str:
-        rid = f"res_{uuid.uuid4().hex}"
+        key = uuid.uuid4().hex
+        rid = reservations.new_reservation_id("oms", key)
         await reservations.reserve(
             request(qty), reservation_id=rid, principal="oms",
-            idempotency_key_value=uuid.uuid4().hex, correlation_id="c", book=OPEN,
+            idempotency_key_value=key, correlation_id="c", book=OPEN,
         )  # fmt: skip
         return rid
 
@@ -111,14 +112,17 @@ async def test_every_kind_of_change_reaches_the_copy(
     consumed = await reserve(2)
     await reservations.confirm(consumed, caller=None, correlation_id="c", book=OPEN)
     await store.fold(delta(sku, site, Bucket.ALLOCATED, 2, reservation_id=consumed), OPEN)
+    await reservations.sweep(OPEN)
     await agrees_with_redis(cache, store, item)
     [pos] = await cache.read([item])
     assert (pos.reserved, pos.allocated, pos.safety_stock_override) == (0, 6, 5)
 
 
 async def test_a_redis_restart_drops_the_copy_and_reads_come_from_the_new_redis(
-    own_redis: ManagedProcess,
+    own_redis: ManagedProcess, redis_kind: str
 ) -> None:
+    if redis_kind == "cluster":
+        pytest.skip("one Redis restarted; a Cluster's failover is test_failover.py's")
     client = connect(f"redis://127.0.0.1:{own_redis.port}/0", timeout=0.5, max_connections=8)
     store = RedisStore(client, KeySpace(16), dedup_window_seconds=86_400)
     cache = PositionCache(client, store, max_entries=1000, max_staleness_seconds=0.5)
@@ -155,7 +159,7 @@ async def test_a_redis_restart_drops_the_copy_and_reads_come_from_the_new_redis(
 
 
 async def test_a_write_of_this_process_is_in_its_copy_before_the_write_returns(
-    store: RedisStore, redis_client: aioredis.Redis
+    store: RedisStore, redis_client: RedisClient
 ) -> None:
     sku, site = random_sku(), random_site()
     item = ItemSite(sku, site)
@@ -163,16 +167,18 @@ async def test_a_write_of_this_process_is_in_its_copy_before_the_write_returns(
     # A copy that hears nothing from the channel: only the scripts' own answers reach it.
     deaf = PositionCache(redis_client, store, max_entries=100, max_staleness_seconds=60)
     deaf._on_message(["subscribe", "atp:changes", 1])
+    deaf._last_heard = time.monotonic()  # as if it had heard from every primary just now
     [before] = await deaf.read([item])
     assert (before.on_hand, before.reserved) == (10, 0)
     store.own_changes.append(deaf.apply_lines)
     reservations = ReservationStore(store, idempotency_ttl_seconds=86_400)
     try:
-        rid = f"res_{uuid.uuid4().hex}"
+        key = uuid.uuid4().hex
+        rid = reservations.new_reservation_id("oms", key)
         await reservations.reserve(
             ReservationRequest("web", (LineRequest(sku, site, 3),)),
             reservation_id=rid, principal="oms",
-            idempotency_key_value=uuid.uuid4().hex, correlation_id="c", book=OPEN,
+            idempotency_key_value=key, correlation_id="c", book=OPEN,
         )  # fmt: skip
         [held] = await deaf.read([item])
         await reservations.release(rid, caller=None, correlation_id="c", book=OPEN)

@@ -5,7 +5,6 @@ A reservation is its creator's: see "Ownership" below."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import weakref
 from typing import Annotated, Any, Literal
@@ -230,11 +229,6 @@ def _json(body: Any, status_code: int = 200, headers: dict[str, str] | None = No
 DOCUMENTED_MODELS: list[type[BaseModel]] = [ReservationIn]
 
 
-def new_reservation_id() -> str:
-    """``res_`` and 128 random bits in hex (the form of a UUID4's hex, without its fixed bits)."""
-    return "res_" + os.urandom(16).hex()
-
-
 # -- routes --------------------------------------------------------------------------------------
 
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
@@ -269,7 +263,7 @@ async def create_reservation(http: Request) -> Response:
     try:
         placed = await reservations.reserve(
             request,
-            reservation_id=new_reservation_id(),
+            reservation_id=reservations.new_reservation_id(principal.name, key),
             principal=principal.name,
             idempotency_key_value=key,
             correlation_id=correlation_id_of(http),

@@ -4,8 +4,8 @@
 --   KEYS[k+1] its position hash, KEYS[k+2] its drift record,
 --   KEYS[k+3], KEYS[k+4], KEYS[k+5] the de-duplication chunk of its fingerprint in the
 --   previous, current and next generation (the current one is written).
--- A batch of one allocated delta with a reservation id ("rid") also gets KEYS[7] the
--- reservation's hash, KEYS[8] its group's expiry zset, KEYS[9] its group's outbox.
+-- An allocated delta for a reservation ("rid") names where its reservation's keys are in
+-- KEYS (see consume_reservation below).
 -- ARGV[1] JSON array of events (RedisStore._fold_body), ARGV[2] channel policies JSON,
 -- ARGV[3] de-duplication window in ms, ARGV[4] the events' fingerprints (12 bytes each,
 -- concatenated), ARGV[5] when the current generation's chunks expire (ms since the epoch).
@@ -14,7 +14,8 @@
 -- Returns a flat array, 4 entries per event: status, version, changes emitted, and the
 -- drift JSON (or ''); status 'folded', 'unchanged', 'duplicate', 'stale', or 'error' with
 -- the error message in the 4th entry (what that event wrote before it failed stays); then,
--- when the event consumed its reservation (every line allocated), one more: 'consumed'.
+-- when the event consumed its reservation (every line allocated; on a single Redis, where
+-- the record is told at once), one more: 'consumed'.
 -- An event's "oa" (occurred_at, epoch ms) is kept per source in the position ("o:<source>",
 -- the newest folded) and announced with it.
 
@@ -27,59 +28,29 @@ local chunk_expires_at = ARGV[5]
 local ms = now_ms()
 local today = math.floor(ms / 86400000)
 local now_iso = iso8601(ms)
-local consuming = #events == 1 and #KEYS == 9  -- a reservation's keys come along
 local consumed = false  -- the reservation became consumed (its last line allocated)
 
--- Consumption: the WMS allocated units for an active reservation. Move what the line
--- still holds (at most the delta) from reserved to allocated, so they are not counted
--- twice; once every line is allocated the reservation is consumed. A reservation that
--- ended (or is unknown) leaves the allocation a plain one. Returns the units moved.
+-- [consumption] The WMS allocated units for a reservation: move what the reservation's hold
+-- in this group still holds (at most the delta) from reserved to allocated, so they are not
+-- counted twice (consume_hold, _holds.lua). The event names its keys' places in KEYS:
+-- "hk" the hold, "mk" the group's marks of allocated holds, "hg" the group; on a single
+-- Redis also "rk": the reservation's hash, expiry zset and outbox (rk, rk + 1, rk + 2),
+-- and a hold whose every line is allocated tells the record at once (note_consumed);
+-- on a Cluster (another slot) it is marked, and the sweeper tells it. A hold that ended (or
+-- none) leaves the allocation a plain one. Returns the units moved.
 local function consume_reservation(ev, pos)
-  local res_key = KEYS[7]
-  local flat = redis.call('HGETALL', res_key)
-  if #flat == 0 then return 0 end
-  local rec = {}
-  for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
-  if not (rec.st == 'confirmed' or (rec.st == 'held' and tonumber(rec.ex) > ms)) then return 0 end
-  local lines = cjson.decode(rec.ln)
-  local moved = 0
-  local every_line_allocated = true
-  for _, line in ipairs(lines) do
-    if line.s == ev.sku and line.t == ev.site and moved == 0 then
-      moved = math.max(0, math.min(ev.d, line.r - line.a, pos.rs))
-      line.a = line.a + moved
+  local moved, every_line_allocated = consume_hold(KEYS[ev.hk], ev, pos)
+  if moved > 0 and every_line_allocated then
+    if ev.rk then
+      consumed = note_consumed(KEYS[ev.rk], KEYS[ev.rk + 1], KEYS[ev.rk + 2], ev.rid, ev.hg,
+        ev.corr, ev.id, ms, window) == 'consumed'
+    else
+      redis.call('HSET', KEYS[ev.mk], ev.rid, cjson.encode({c = ev.corr, e = ev.id}))
     end
-    if line.a < line.r then every_line_allocated = false end
   end
-  if moved == 0 then return 0 end
-  pos.rs = pos.rs - moved
-  local ln = cjson.encode(lines)
-  if not every_line_allocated then
-    redis.call('HSET', res_key, 'ln', ln, 'up', ms)
-    return moved
-  end
-  redis.call('HSET', res_key, 'st', 'consumed', 'ex', '', 'up', ms, 'ln', ln)
-  consumed = true
-  redis.call('ZREM', KEYS[8], ev.rid)
-  redis.call('PEXPIRE', res_key, window)
-  local event_lines = {}
-  for i, line in ipairs(lines) do
-    event_lines[i] = {sku = line.s, site = line.t, qty = line.q, reserved = line.r,
-      allocated = line.a}
-  end
-  local ref = cjson.null
-  if rec.rf ~= '' then ref = rec.rf end
-  local corr = ev.corr
-  if corr == nil or corr == cjson.null then corr = rec.co end
-  emit(KEYS[9], ev.rid, {
-    schema = 'atp.event.v1', type = 'reservation.consumed',
-    event_id = 'res:' .. ev.rid .. ':consumed', occurred_at = now_iso,
-    correlation_id = corr, reservation_id = ev.rid, status = 'consumed',
-    previous_status = rec.st, owner = owner_of(rec), channel = rec.ch, order_ref = ref, mode = rec.md,
-    allocation_event_id = ev.id, lines = event_lines,
-  })
   return moved
 end
+-- [/consumption]
 
 local function fold_one(ev, k, fingerprint)
   local pos_key = KEYS[k + 1]
@@ -132,7 +103,7 @@ local function fold_one(ev, k, fingerprint)
       else
         pos[ev.b] = pos[ev.b] + ev.d
         writes[#writes + 1] = ev.b; writes[#writes + 1] = pos[ev.b]
-        if ev.b == 'al' and ev.rid and ev.d > 0 and consuming then
+        if ev.b == 'al' and ev.rid and ev.d > 0 and ev.hk then
           if consume_reservation(ev, pos) > 0 then
             writes[#writes + 1] = 'rs'; writes[#writes + 1] = pos.rs
           end

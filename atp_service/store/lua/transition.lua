@@ -1,21 +1,23 @@
--- Confirm, release or expire reservations, atomically each, with the events they cause: one
--- reservation (a request), or many (an expiry sweep), whose announcements and events go
--- out together (one outbox entry per stream, one announcement).
--- ARGV[1] 'confirm' | 'release' | 'expire', ARGV[2] every policy (PolicyBook encoding),
--- ARGV[3] correlation id ('' = each reservation's own), ARGV[4] how long an ended
+-- Confirm, release or expire reservations whose keys all share a slot (every reservation on
+-- a single Redis), atomically each, with the events they cause: one reservation (a
+-- request), or many (an expiry sweep), whose announcements and events go out together
+-- (one outbox entry per stream, one announcement). Every step of the cross-slot scripts
+-- (res_transition, res_unhold, res_finish) at once: see _holds.lua.
+-- ARGV[1] 'confirm' | 'release' | 'expire' | 'consume', ARGV[2] every policy (PolicyBook
+-- encoding), ARGV[3] correlation id ('' = each reservation's own), ARGV[4] how long an ended
 -- reservation is kept, in ms, ARGV[5] 1 to return each record, 0 not to, ARGV[6] the name
 -- of the API key asking ('' = any reservation: a key with admin, the sweeper); then per
--- reservation j: ARGV[5 + 2j] its id, ARGV[6 + 2j] its number of lines n (as the caller read
--- them). Its keys, from where the previous reservation's end: its hash, the expiry zset and
--- the outbox of its group, then per line i (in the record's order) the position hash and
--- the outbox of the item-site's group (3 + 2n keys).
--- A held reservation whose TTL has passed is expired first, whatever was asked: expiry
--- does not depend on the sweeper having run.
+-- reservation j: ARGV[5 + 2j] its id, ARGV[6 + 2j] its number of lines n (as the caller
+-- read them). Its keys, from where the previous reservation's end: its hash, the expiry zset
+-- and the outbox of its group, then per line i (in the record's order) the position hash,
+-- the outbox of the item-site's group and the reservation's hold in that group (3 + 3n).
+-- A held reservation whose TTL has passed is expired first, whatever was asked.
 -- Returns {the positions announced ('' if none), then per reservation: outcome, flat
--- HGETALL of the record (empty unless asked), 1 if this call expired it else 0}; outcome is
--- 'changed', 'unchanged' (an idempotent repeat, or nothing due), 'invalid', 'missing', or
--- 'error' with the message in place of the record (that reservation alone; the others go on).
--- A reservation of another key than ARGV[6] is 'missing', untouched, as an unknown one.
+-- HGETALL of the record (empty unless asked), 1 if this call expired it else 0, its lines'
+-- allocations JSON}; outcome is 'changed', 'unchanged' (an idempotent repeat, or nothing
+-- due), 'invalid', 'missing', or 'error' with the message in place of the record (that
+-- reservation alone; the others go on). A reservation of another key than ARGV[6] is
+-- 'missing', untouched, as an unknown one.
 
 local action = ARGV[1]
 local policies = cjson.decode(ARGV[2])
@@ -23,109 +25,74 @@ local asked_corr = ARGV[3]
 local keep_ms = ARGV[4]
 local want_record = ARGV[5] == '1'
 local caller = ARGV[6]
-if action ~= 'confirm' and action ~= 'release' and action ~= 'expire' then
+if action ~= 'confirm' and action ~= 'release' and action ~= 'expire' and action ~= 'consume' then
   return redis.error_reply('transition.lua: unknown action ' .. action)
 end
 local ms = now_ms()
 local today = math.floor(ms / 86400000)
+local WANTED = {confirm = 'confirmed', release = 'released', expire = 'expired',
+  consume = 'consumed'}
 
--- One reservation, its keys from KEYS[base + 1]. Returns outcome, expired_now.
+-- One reservation, its keys from KEYS[base + 1]. Returns outcome, expired_now, allocations.
 local function transition_one(base, rid, n_lines)
-  local res_key, expiry_key, res_outbox = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
-  if redis.call('EXISTS', res_key) == 0 then
+  local rec_key, expiry_key, res_outbox = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
+  local rec = read_hash(rec_key)
+  if rec == nil then
     redis.call('ZREM', expiry_key, rid)
-    return 'missing', 0
+    return 'missing', 0, {}
   end
-
-  local flat = redis.call('HGETALL', res_key)
-  local rec = {}
-  for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
-  if not owned_by(rec, caller) then return 'foreign', 0 end
-  local corr = asked_corr
-  if corr == '' then corr = rec.co end
-  local lines = cjson.decode(rec.ln)
+  rec.id = rid
+  local lines = record_lines(rec)
   if #lines ~= n_lines then
     error('transition.lua: ' .. rid .. ' has ' .. #lines .. ' lines, keys were given for '
       .. n_lines)
   end
-
-  local function publish(status, event_corr)
-    local ref = cjson.null
-    if rec.rf ~= '' then ref = rec.rf end
-    local event_lines = {}
-    for i, line in ipairs(lines) do
-      event_lines[i] = {sku = line.s, site = line.t, qty = line.q, reserved = line.r,
-        allocated = line.a}
+  -- The holds, by key, with the keys of their lines; what each line has allocated.
+  local holds, order, alloc = {}, {}, {}
+  for i = 1, n_lines do
+    local at = base + 3 * i
+    local hold_key = KEYS[at + 3]
+    if holds[hold_key] == nil then
+      holds[hold_key] = {}
+      order[#order + 1] = hold_key
     end
-    emit(res_outbox, rid, {
-      schema = 'atp.event.v1', type = 'reservation.' .. status,
-      event_id = 'res:' .. rid .. ':' .. status, occurred_at = iso_of(ms),
-      correlation_id = event_corr, reservation_id = rid, status = status,
-      previous_status = rec.st, owner = owner_of(rec), channel = rec.ch, order_ref = ref, mode = rec.md,
-      lines = event_lines,
-    })
+    local keys = holds[hold_key]
+    keys[#keys + 1] = {KEYS[at + 1], KEYS[at + 2]}
+    alloc[i] = 0
   end
-
-  -- held/confirmed -> released/expired: give every line's unallocated units back.
-  local function finish(status, event_corr)
-    for i, line in ipairs(lines) do
-      local holding = line.r - line.a
-      if holding > 0 then
-        local pos_key = KEYS[base + 2 + 2 * i]
-        local pos = load_position(pos_key)
-        local before = channel_atps(pos, policies, line.t, today)
-        local give = math.min(holding, math.max(pos.rs, 0))
-        pos.rs = pos.rs - give
-        redis.call('HSET', pos_key, 'rs', pos.rs, 'ts', ms)
-        local version = redis.call('HINCRBY', pos_key, 'v', 1)
-        pos.v, pos.ts = version, ms
-        announce(line.s, line.t, pos)
-        local after = channel_atps(pos, policies, line.t, today)
-        emit_changes(KEYS[base + 3 + 2 * i], before, after, line.s, line.t, version, ms,
-          rid .. ':' .. status .. ':' .. i, event_corr)
-      end
+  for _, hold_key in ipairs(order) do
+    local raw = redis.call('HGET', hold_key, 'ln')
+    if raw then for _, line in ipairs(cjson.decode(raw)) do alloc[line.i] = line.a end end
+  end
+  if rec.st == 'released' or rec.st == 'expired' or rec.st == 'consumed' then
+    for i, line in ipairs(lines) do alloc[i] = line.a or 0 end
+  end
+  local corr = asked_corr
+  if corr == '' then corr = rec.co end
+  local outcome, expired_now = begin_transition(rec_key, expiry_key, nil, res_outbox, rec,
+    action, corr, ms, 0, alloc, caller)
+  if outcome == 'missing' then return 'foreign', 0, {} end
+  if outcome == 'start' or outcome == 'unhold' then
+    local label = ({releasing = 'released', expiring = 'expired', consuming = 'consumed'})[rec.st]
+    local event_corr = rec.tc
+    if event_corr == nil or event_corr == '' then event_corr = rec.co end
+    for _, hold_key in ipairs(order) do
+      local _, held = release_hold(hold_key, rid, holds[hold_key], label, policies, today, ms,
+        event_corr, keep_ms, keep_ms)
+      for _, line in ipairs(held) do alloc[line.i] = line.a end
     end
-    publish(status, event_corr)
-    redis.call('HSET', res_key, 'st', status, 'ex', '', 'up', ms)
-    redis.call('ZREM', expiry_key, rid)
-    redis.call('PEXPIRE', res_key, keep_ms)
-    rec.st = status
+    finish(rec_key, expiry_key, nil, res_outbox, rec, alloc, ms, keep_ms)
+    if rec.st == WANTED[action] and outcome == 'start' then outcome = 'changed'
+    elseif rec.st == WANTED[action] then outcome = 'unchanged'
+    elseif action == 'expire' then outcome = 'unchanged'
+    else outcome = 'invalid' end
   end
-
-  local outcome = 'unchanged'
-  local expired_now = 0
-  if rec.st == 'held' and tonumber(rec.ex) <= ms then
-    -- Expiry events carry the correlation id of the request that made the reservation.
-    finish('expired', rec.co)
-    expired_now = 1
-    if action == 'expire' then outcome = 'changed' end
-  end
-
-  if action == 'confirm' then
-    if rec.st == 'held' then
-      publish('confirmed', corr)
-      redis.call('HSET', res_key, 'st', 'confirmed', 'ex', '', 'up', ms)
-      redis.call('ZREM', expiry_key, rid)
-      outcome = 'changed'
-    elseif rec.st ~= 'confirmed' then
-      outcome = 'invalid'
-    end
-  elseif action == 'release' then
-    if rec.st == 'held' or rec.st == 'confirmed' then
-      finish('released', corr)
-      outcome = 'changed'
-    elseif rec.st ~= 'released' then
-      outcome = 'invalid'
-    end
-  elseif rec.st ~= 'held' then  -- expire
-    redis.call('ZREM', expiry_key, rid)
-  end
-  return outcome, expired_now
+  return outcome, expired_now, alloc
 end
 
 local count = (#ARGV - 6) / 2
 local wanted_keys = 0
-for j = 1, count do wanted_keys = wanted_keys + 3 + 2 * tonumber(ARGV[6 + 2 * j]) end
+for j = 1, count do wanted_keys = wanted_keys + 3 + 3 * tonumber(ARGV[6 + 2 * j]) end
 if wanted_keys ~= #KEYS then
   return redis.error_reply('transition.lua: expected ' .. wanted_keys .. ' keys')
 end
@@ -137,13 +104,14 @@ local base = 0
 for j = 1, count do
   local rid = ARGV[5 + 2 * j]
   local n_lines = tonumber(ARGV[6 + 2 * j])
-  local ok, outcome, expired_now = pcall(transition_one, base, rid, n_lines)
+  local ok, outcome, expired_now, alloc = pcall(transition_one, base, rid, n_lines)
   local at = #results
   if ok and outcome == 'foreign' then
     -- Told exactly as an unknown reservation is: 'missing', no record.
     results[at + 1] = 'missing'
     results[at + 2] = {}
     results[at + 3] = 0
+    results[at + 4] = '[]'
   elseif ok then
     results[at + 1] = outcome
     if want_record then
@@ -152,12 +120,14 @@ for j = 1, count do
       results[at + 2] = {}
     end
     results[at + 3] = expired_now
+    results[at + 4] = cjson.encode(alloc)
   else
     results[at + 1] = 'error'
     results[at + 2] = tostring(outcome)
     results[at + 3] = 0
+    results[at + 4] = '[]'
   end
-  base = base + 3 + 2 * n_lines
+  base = base + 3 + 3 * n_lines
 end
 local announced = flush_batch()
 table.insert(results, 1, announced)
