@@ -107,10 +107,12 @@ async def redis_client(
         assert isinstance(client, RedisCluster)
         run_script, run_scripts = RedisStore.run_script, RedisStore.run_scripts
 
-        async def checked_script(self: RedisStore, script: Any, keys: Any, args: Any) -> Any:
+        async def checked_script(
+            self: RedisStore, script: Any, keys: Any, args: Any, **options: Any
+        ) -> Any:
             if isinstance(self.redis, RedisCluster):
                 check_single_slot(self.redis, keys, self.script_names.get(script.sha, "a script"))
-            return await run_script(self, script, keys, args)
+            return await run_script(self, script, keys, args, **options)
 
         async def checked_scripts(self: RedisStore, calls: Sequence[ScriptCall]) -> list[Any]:
             if isinstance(self.redis, RedisCluster):

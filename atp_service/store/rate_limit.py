@@ -84,7 +84,10 @@ class SharedBuckets:
             bucket = self._keys[key_name] = [k.rate_bucket(key_name)]
         try:
             granted, wait_ms = await self.store.run_script(
-                self._script, bucket, [*self._rate_args, max(len(futures), self.lease)]
+                self._script,
+                bucket,
+                [*self._rate_args, max(len(futures), self.lease)],
+                replicated=False,  # a bucket lost in a failover is a bucket refilled
             )
         except BaseException as exc:
             for future in futures:

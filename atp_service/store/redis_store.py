@@ -420,6 +420,12 @@ class RedisStore:
             if isinstance(client, RedisCluster)
             else ScriptPipe(client, wait=wait)
         )
+        #: For calls no replica needs to confirm (reads, rate limits): without WAIT.
+        self._unwaited: ScriptPipe | NodeScripts = self._scripts
+        if wait is not None:
+            self._unwaited = (
+                NodeScripts(client) if isinstance(client, RedisCluster) else ScriptPipe(client)
+            )
         #: Each registered script's file, by its SHA1 (for logs and tests).
         self.script_names: dict[str, str] = {}
         #: Told, right away, of the positions this process's own scripts changed (the API's
@@ -439,14 +445,21 @@ class RedisStore:
                 listener(text)
 
     async def run_script(
-        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
+        self,
+        script: AsyncScript,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+        *,
+        replicated: bool = True,
     ) -> Any:
         """Run ``script``, written at once and pipelined with other requests' calls (_pipe.py),
-        on the primary of its slot on a Cluster; answered once replicated when ``wait``."""
+        on the primary of its slot on a Cluster; answered once replicated when ``wait``
+        (unless not ``replicated``: a read, a rate limit, whose loss costs nothing)."""
+        scripts = self._scripts if replicated else self._unwaited
         if self._call_timeout is None:
-            return await self._scripts.call(script, keys, args)
+            return await scripts.call(script, keys, args)
         async with asyncio.timeout(self._call_timeout):
-            return await self._scripts.call(script, keys, args)
+            return await scripts.call(script, keys, args)
 
     async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run many script calls in one pipelined round trip (on a Cluster, one pipeline per

@@ -435,7 +435,10 @@ class ReservationStore:
         for a record that is no reservation yet (being placed across slots) or any more.
         """
         flat = await self.store.run_script(
-            self._read, [reservation_keys(self.keys, reservation_id).record], [caller or ""]
+            self._read,
+            [reservation_keys(self.keys, reservation_id).record],
+            [caller or ""],
+            replicated=False,  # a read
         )
         if not flat:
             raise ReservationNotFound(reservation_id)

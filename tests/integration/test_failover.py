@@ -166,7 +166,7 @@ async def test_a_primary_killed_under_load_is_503s_until_healed_and_no_201_is_lo
         await reservations.sweep()
         expected: Counter[str] = Counter()
         for rid, lines in held.values():
-            got = await reservations.get(rid)
+            got = await reservations.get(rid, caller=None)
             assert got.status.value == "held", rid
             assert {ln.sku: ln.reserved for ln in got.lines} == lines
             expected.update(lines)

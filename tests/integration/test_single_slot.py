@@ -22,6 +22,7 @@ from atp_service.domain.reservations import (
 )
 from atp_service.store import PolicyBook, RedisStore
 from atp_service.store.keys import group_of
+from atp_service.store.rate_limit import SharedBuckets
 from atp_service.store.reservation_keys import idempotency_key_and_group, reservation_keys
 from atp_service.store.reservations import ReservationStore
 from tests.random_refs import random_event_id, random_site, random_sku
@@ -60,9 +61,9 @@ async def test_every_script_the_service_runs_on_a_cluster_touches_one_slot(
     calls: list[tuple[str, list[Any]]] = []
     run_script, run_scripts = store.run_script, store.run_scripts
 
-    async def recorded(script: Any, keys: Any, args: Any) -> Any:
+    async def recorded(script: Any, keys: Any, args: Any, **options: Any) -> Any:
         calls.append((store.script_names[script.sha], list(keys)))
-        return await run_script(script, keys, args)
+        return await run_script(script, keys, args, **options)
 
     async def recorded_batch(batch: Any) -> list[Any]:
         calls.extend((store.script_names[s.sha], list(keys)) for s, keys, _ in batch)
@@ -74,12 +75,20 @@ async def test_every_script_the_service_runs_on_a_cluster_touches_one_slot(
     book = PolicyBook.of({"web": ChannelPolicy(safety_stock=1)})
     site = random_site()
 
+    # An API key's shared rate limit (a bucket of its own slot).
+    buckets = SharedBuckets(store, rate=100.0, burst=10)
+    assert await buckets.take("oms") == 0.0
     # Configuration: seeding and replacing policies; a safety-stock override.
     await store.seed_channel_policies({"web": ChannelPolicy(safety_stock=1)})
-    await store.put_channel_policy("web", ChannelPolicy(safety_stock=1))
+    await store.put_channel_policy("web", ChannelPolicy(safety_stock=1), changed_by="ops")
     skus = [sku_in(site) for _ in range(6)]
     await store.set_safety_stock(
-        ItemSite(skus[0], site), 2, book, correlation_id="c", change_id=random_event_id()
+        ItemSite(skus[0], site),
+        2,
+        book,
+        correlation_id="c",
+        change_id=random_event_id(),
+        changed_by="ops",
     )
     # A fold of many groups at once.
     await store.fold_many(
@@ -117,9 +126,9 @@ async def test_every_script_the_service_runs_on_a_cluster_touches_one_slot(
         InventoryDelta(random_event_id(), Source.WMS, b, site, Bucket.ON_HAND, 50, NOW), book
     )
     confirmed = await place([(a, 2), (b, 1)])
-    await reservations.confirm(confirmed, correlation_id="c", book=book)
+    await reservations.confirm(confirmed, caller="oms", correlation_id="c", book=book)
     released = await place([(a, 1), (b, 1)])
-    await reservations.release(released, correlation_id="c", book=book)
+    await reservations.release(released, caller="oms", correlation_id="c", book=book)
     with pytest.raises(InsufficientStock):
         await place([(a, 1), (b, 999)])
     # Expiry, consumption by the WMS (the fold, then the sweeper tells the record).
@@ -137,13 +146,13 @@ async def test_every_script_the_service_runs_on_a_cluster_touches_one_slot(
             book,
         )  # fmt: skip
     await reservations.sweep(book)
-    assert (await reservations.get(confirmed)).status is ReservationStatus.CONSUMED
+    assert (await reservations.get(confirmed, caller=None)).status is ReservationStatus.CONSUMED
 
     # Recovery: a placing left half done (its decision never sent) is undone by the sweeper.
-    async def dying(script: Any, keys_: Any, args: Any) -> Any:
+    async def dying(script: Any, keys_: Any, args: Any, **options: Any) -> Any:
         if store.script_names[script.sha] == "res_decide.lua":
             raise ConnectionError("the process died")
-        return await recorded(script, keys_, args)
+        return await recorded(script, keys_, args, **options)
 
     monkeypatch.setattr(store, "run_script", dying)
     with pytest.raises(ConnectionError):

@@ -38,6 +38,9 @@ class FakeStore:
             self.down_for -= 1
             raise RedisConnectionError("Connection refused")
 
+    async def migrate_legacy_keys(self) -> None:
+        """Nothing of an earlier layout here."""
+
     async def seed_channel_policies(self, policies: dict[str, ChannelPolicy]) -> None:
         self._call()
         for name, policy in policies.items():

@@ -21,9 +21,11 @@ class CountingStore(RedisStore):
 
     calls = 0
 
-    async def run_script(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    async def run_script(
+        self, script: Any, keys: Sequence[Any], args: Sequence[Any], **options: Any
+    ) -> Any:
         self.calls += 1
-        return await super().run_script(script, keys, args)
+        return await super().run_script(script, keys, args, **options)
 
 
 def a_process(server: fakeredis.FakeServer) -> CountingStore:
