@@ -51,29 +51,35 @@ local function move_reserved(pos_key, outbox, pos, sku, site, delta, policies, t
 end
 
 -- Hold one group's lines: lines {i, s, t, q, pos_key, outbox}, positions loaded, grants and
--- atps per line. Writes the hold record (status held) and moves the units into reserved.
+-- atps per line (atps nil: not kept, when no step will ask for them again). Writes the hold
+-- record (status held) and moves the units into reserved.
 local function hold_lines(hold_key, rid, lines, positions, grants, atps, policies, today, ms, corr)
   local held = {}
   for j, line in ipairs(lines) do
     local grant = grants[j]
-    held[j] = {i = line.i, s = line.s, t = line.t, q = line.q, r = grant, a = 0}
+    held[j] = {i = line.i, s = line.s, t = line.t, r = grant, a = 0}
     if grant > 0 then
       move_reserved(line.pos_key, line.outbox, positions[j], line.s, line.t, grant, policies,
         today, ms, rid .. ':held:' .. line.i, corr)
     end
   end
-  redis.call('HSET', hold_key, 'st', 'held', 'ln', cjson.encode(held), 'at', cjson.encode(atps))
+  if atps then
+    redis.call('HSET', hold_key, 'st', 'held', 'ln', cjson.encode(held), 'at', cjson.encode(atps))
+  else
+    redis.call('HSET', hold_key, 'st', 'held', 'ln', cjson.encode(held))
+  end
   return held
 end
 
 -- Give back what a hold still holds: status (the reservation's new one) names the events.
 -- line_keys: per line of the hold, in its order, {pos_key, outbox}. A hold that does not
 -- exist yet is marked void (so a late hold of the same reservation holds nothing) for
--- tomb_ms; a released one is kept keep_ms. Returns the hold's state and its lines (with
--- what was allocated), or 'none'.
+-- tomb_ms; a released one is kept keep_ms (0: deleted, when no step will read it again).
+-- hold: the hold as read_hash read it already, if it was. Returns the hold's state and its
+-- lines (with what was allocated), or 'none'.
 local function release_hold(hold_key, rid, line_keys, status, policies, today, ms, corr, keep_ms,
-                            tomb_ms)
-  local hold = read_hash(hold_key)
+                            tomb_ms, hold)
+  if hold == nil then hold = read_hash(hold_key) end
   if hold == nil then
     redis.call('HSET', hold_key, 'st', 'void')
     redis.call('PEXPIRE', hold_key, tomb_ms)
@@ -96,8 +102,12 @@ local function release_hold(hold_key, rid, line_keys, status, policies, today, m
         rid .. ':' .. status .. ':' .. line.i, corr)
     end
   end
-  redis.call('HSET', hold_key, 'st', 'released')
-  redis.call('PEXPIRE', hold_key, keep_ms)
+  if tonumber(keep_ms) == 0 then
+    redis.call('DEL', hold_key)
+  else
+    redis.call('HSET', hold_key, 'st', 'released')
+    redis.call('PEXPIRE', hold_key, keep_ms)
+  end
   return 'released', lines
 end
 

@@ -57,7 +57,7 @@ for i, line in ipairs(req.lines) do
 end
 for _, hold_key in ipairs(order) do
   local group = groups[hold_key]
-  hold_lines(hold_key, req.id, group.lines, group.positions, group.grants, group.atps, policies,
+  hold_lines(hold_key, req.id, group.lines, group.positions, group.grants, nil, policies,
     today, ms, req.corr)
 end
 local outcome, code, body = decide(idem_key, rec_key, expiry_key, res_outbox, req, grants, atps,

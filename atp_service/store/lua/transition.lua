@@ -60,9 +60,13 @@ local function transition_one(base, rid, n_lines)
     keys[#keys + 1] = {KEYS[at + 1], KEYS[at + 2]}
     alloc[i] = 0
   end
+  local read = {}
   for _, hold_key in ipairs(order) do
-    local raw = redis.call('HGET', hold_key, 'ln')
-    if raw then for _, line in ipairs(cjson.decode(raw)) do alloc[line.i] = line.a end end
+    local hold = read_hash(hold_key)
+    read[hold_key] = hold
+    if hold and hold.ln then
+      for _, line in ipairs(cjson.decode(hold.ln)) do alloc[line.i] = line.a end
+    end
   end
   if rec.st == 'released' or rec.st == 'expired' or rec.st == 'consumed' then
     for i, line in ipairs(lines) do alloc[i] = line.a or 0 end
@@ -76,9 +80,10 @@ local function transition_one(base, rid, n_lines)
     local label = ({releasing = 'released', expiring = 'expired', consuming = 'consumed'})[rec.st]
     local event_corr = rec.tc
     if event_corr == nil or event_corr == '' then event_corr = rec.co end
+    -- One script: no step reads a released hold again (the record keeps its lines).
     for _, hold_key in ipairs(order) do
       local _, held = release_hold(hold_key, rid, holds[hold_key], label, policies, today, ms,
-        event_corr, keep_ms, keep_ms)
+        event_corr, 0, keep_ms, read[hold_key])
       for _, line in ipairs(held) do alloc[line.i] = line.a end
     end
     finish(rec_key, expiry_key, nil, res_outbox, rec, alloc, ms, keep_ms)
