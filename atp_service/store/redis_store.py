@@ -649,7 +649,11 @@ class RedisStore:
         pipe = self.redis.pipeline(transaction=False)
         for item in items:
             pipe.hgetall(self.keys.position(item.sku, item.site))
-        raws = await pipe.execute()
+        if self._call_timeout is None:
+            raws = await pipe.execute()
+        else:  # a request's read: a Cluster's client retries inside, bounded here
+            async with asyncio.timeout(self._call_timeout):
+                raws = await pipe.execute()
         return [position_from_hash(cast(dict[str, str], raw)) for raw in raws]
 
     async def last_drift(self, item: ItemSite) -> dict[str, Any] | None:
