@@ -279,7 +279,12 @@ async def _run(
     out: TextIO,
 ) -> int:
     letters = await read_dead_letters(settings.bootstrap_servers, code=code, since=since)
-    client = connect(settings.redis_url, timeout=settings.redis_timeout_seconds, max_connections=4)
+    client = connect(
+        settings.redis_url,
+        timeout=settings.redis_timeout_seconds,
+        max_connections=4,
+        cluster=settings.redis_cluster,
+    )
     try:
         marks = ReplayMarks(client)
         if action == "list":

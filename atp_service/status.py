@@ -86,7 +86,12 @@ async def _bounded(check: Check, where: str, probe: Callable[[], Awaitable[None]
 
 async def check_redis(settings: Settings, report: Report) -> None:
     check = report.redis
-    client = connect(settings.redis_url, timeout=settings.redis_timeout_seconds, max_connections=2)
+    client = connect(
+        settings.redis_url,
+        timeout=settings.redis_timeout_seconds,
+        max_connections=2,
+        cluster=settings.redis_cluster,
+    )
 
     async def probe() -> None:
         info = await client.info("server")

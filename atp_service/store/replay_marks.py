@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from atp_service.store.keys import DLQ_REPLAYED
-from atp_service.store.redis_store import _load_lua
+from atp_service.store.redis_store import RedisClient, _load_lua
 
 #: The header a replayed message carries: ``inventory.dlq.v1:<partition>:<offset>``.
 REPLAYED_FROM_HEADER = "atp-replayed-from"
@@ -52,7 +50,7 @@ def _decoded(value: Any) -> dict[str, Any] | None:
 
 
 class ReplayMarks:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self.redis = client
         self._claim = client.register_script(_load_lua("claim_replay.lua"))
         self._failed_again = client.register_script(_load_lua("replay_failed_again.lua"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -21,8 +22,9 @@ from atp_service.domain.reservations import (
     ReservationStatus,
 )
 from atp_service.store import PolicyBook, RedisStore
-from atp_service.store.keys import group_of
+from atp_service.store.keys import DLQ_REPLAYED, group_of
 from atp_service.store.rate_limit import SharedBuckets
+from atp_service.store.replay_marks import ReplayMarks
 from atp_service.store.reservation_keys import idempotency_key_and_group, reservation_keys
 from atp_service.store.reservations import ReservationStore
 from tests.random_refs import random_event_id, random_site, random_sku
@@ -160,6 +162,13 @@ async def test_every_script_the_service_runs_on_a_cluster_touches_one_slot(
     monkeypatch.setattr(store, "run_script", recorded)
     await asyncio.sleep(0.25)
     await reservations.sweep(book)
+
+    # The dead-letter replay marks (`atp dlq replay`): scripts of one key, on the client.
+    marks = ReplayMarks(client)
+    where = f"0:{uuid.uuid4().int % 10**9}"
+    assert await marks.claim(where, "digest", datetime.now(UTC))
+    assert await marks.failed_again(where, datetime.now(UTC), "schema_violation", "again")
+    calls += [("claim_replay.lua", [DLQ_REPLAYED]), ("replay_failed_again.lua", [DLQ_REPLAYED])]
 
     names = {name for name, _ in calls}
     assert names >= service_scripts() - SINGLE_REDIS_ONLY, (
