@@ -451,26 +451,32 @@ class PositionCache:
         self._last_heard = min((beats.get(name, 0.0) for name in primaries), default=0.0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow the change channel until ``stop``; survives Redis outages (reads fall back)."""
-        if isinstance(self._redis, RedisCluster):
-            await self._follow_cluster(self._redis, stop)
-            return
+        """Follow the change channel until ``stop``; survives Redis outages (reads fall back).
+
+        On one Redis a ping on the subscription proves every change before it arrived; on a
+        Cluster a heartbeat through every primary does (see the module's docstring)."""
+        cluster = self._redis if isinstance(self._redis, RedisCluster) else None
         backoff = 0.1
+        tried: list[str] = []  # a Cluster's nodes subscribed on lately, without success
         while not stop.is_set():
-            pubsub = self._redis.pubsub()
+            pubsub: Any = None
             try:
-                await pubsub.subscribe(CHANGES_CHANNEL)
-                next_ping = time.monotonic() + self.ping_seconds
+                pubsub = await self._subscribe(cluster, tried)
+                next_tick = time.monotonic() + (self.ping_seconds if cluster is None else 0.0)
                 while not stop.is_set():
                     message = await pubsub.parse_response(block=False, timeout=self.ping_seconds)
                     if message is not None:
                         self._on_message(message)
                     now = time.monotonic()
-                    if now >= next_ping:
-                        await pubsub.ping()
-                        next_ping = now + self.ping_seconds
+                    if now >= next_tick:
+                        if cluster is None:
+                            await pubsub.ping()
+                        else:
+                            self._beat_every_primary(cluster, now)
+                        next_tick = now + self.ping_seconds
                         self.publish_counts()
                     backoff = 0.1
+                    tried.clear()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -482,62 +488,36 @@ class PositionCache:
                 backoff = min(backoff * 2, 2.0)
             finally:
                 self._connected = False
-                try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
-                except Exception:
-                    log.debug("closing the subscription", exc_info=True)
-
-    async def _follow_cluster(self, client: RedisCluster, stop: asyncio.Event) -> None:
-        """``run`` on a Redis Cluster: subscribed on one node (another when it fails), with
-        a heartbeat through every primary (see the module's docstring)."""
-        backoff = 0.1
-        tried: list[str] = []
-        while not stop.is_set():
-            pubsub: Any = None
-            try:
-                await client.initialize()
-                nodes = [n for n in client.get_nodes() if n.name not in tried] or client.get_nodes()
-                node = random.choice(nodes)
-                tried = [*tried[-8:], node.name]
-                pubsub = client.pubsub(node=node)
-                self._beats = {}
-                self._note_primaries(frozenset())
-                await pubsub.subscribe(CHANGES_CHANNEL)
-                next_beat = 0.0
-                while not stop.is_set():
-                    message = await pubsub.parse_response(block=False, timeout=self.ping_seconds)
-                    if message is not None:
-                        self._on_message(message)
-                    now = time.monotonic()
-                    if now >= next_beat:
-                        primaries = client.get_primaries()
-                        self._note_primaries(frozenset(p.name for p in primaries))
-                        if self._beating is None or self._beating.done():
-                            self._beating = asyncio.ensure_future(
-                                self._beat(client, primaries, now)
-                            )
-                        next_beat = now + self.ping_seconds
-                        self.publish_counts()
-                    backoff = 0.1
-                    tried = []
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._connected = False
-                self._drop(f"subscription failed: {exc!r}")
-                log.warning("position copy: %r; subscribing again in %.1fs", exc, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                self._connected = False
                 if self._beating is not None:
                     self._beating.cancel()
                 if pubsub is not None:
                     try:
-                        await pubsub.aclose()
+                        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
                     except Exception:
                         log.debug("closing the subscription", exc_info=True)
+
+    async def _subscribe(self, cluster: RedisCluster | None, tried: list[str]) -> Any:
+        """A subscription to the change channel: on one Redis, or on one node of a Cluster
+        (not one tried lately: another when the last failed)."""
+        if cluster is None:
+            pubsub = self._redis.pubsub()
+        else:
+            await cluster.initialize()
+            nodes = [n for n in cluster.get_nodes() if n.name not in tried] or cluster.get_nodes()
+            node = random.choice(nodes)
+            tried[:] = [*tried[-8:], node.name]
+            pubsub = cluster.pubsub(node=node)
+            self._beats = {}
+            self._note_primaries(frozenset())
+        await pubsub.subscribe(CHANGES_CHANNEL)
+        return pubsub
+
+    def _beat_every_primary(self, cluster: RedisCluster, now: float) -> None:
+        """Send a heartbeat through each primary (unless the last ones are still on their way)."""
+        primaries = cluster.get_primaries()
+        self._note_primaries(frozenset(p.name for p in primaries))
+        if self._beating is None or self._beating.done():
+            self._beating = asyncio.ensure_future(self._beat(cluster, primaries, now))
 
     async def _beat(self, client: RedisCluster, primaries: Sequence[Any], now: float) -> None:
         """A heartbeat through each primary; one that fails (a primary down) is not heard

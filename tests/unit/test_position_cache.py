@@ -192,3 +192,43 @@ async def test_an_unreadable_announcement_drops_the_entry_instead_of_serving_it(
     cache.apply(text)
     if text.startswith("X@Y"):
         assert len(cache) == 0
+
+
+def cluster_copy() -> PositionCache:
+    """A copy as on a Redis Cluster (never connected: its heartbeats are handed in)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    client = RedisCluster(host="127.0.0.1", port=1)
+    return PositionCache(
+        client, cast(RedisStore, FakeStore()), max_entries=10, max_staleness_seconds=1.0
+    )
+
+
+def test_on_a_cluster_the_copy_is_current_only_while_every_primary_is_heard_from() -> None:
+    copy = cluster_copy()
+    copy._on_message(["subscribe", "atp:changes", 1])
+    primaries = frozenset({"10.0.0.1:7000", "10.0.0.2:7000"})
+    copy._note_primaries(primaries)
+    assert not copy.current  # subscribed, but no primary heard from yet
+    sent = time.monotonic()
+    copy._on_message(["message", "atp:changes", f"~{copy._token} 10.0.0.1:7000 {sent!r}"])
+    assert not copy.current  # one of two
+    copy._on_message(["message", "atp:changes", f"~{copy._token} 10.0.0.2:7000 {sent!r}"])
+    assert copy.current
+    # An announcement proves nothing about the other primaries; another process's beat
+    # proves nothing about this copy's subscription.
+    copy._note_primaries(primaries | {"10.0.0.3:7000"})  # a replica promoted
+    copy._on_message(["message", "atp:changes", announcement(1, 5)])
+    copy._on_message(["message", "atp:changes", f"~other 10.0.0.3:7000 {sent!r}"])
+    assert not copy.current
+    copy._on_message(["message", "atp:changes", f"~{copy._token} 10.0.0.3:7000 {sent!r}"])
+    assert copy.current
+
+
+def test_on_a_cluster_a_heartbeat_sent_too_long_ago_is_not_fresh() -> None:
+    copy = cluster_copy()
+    copy._on_message(["subscribe", "atp:changes", 1])
+    copy._note_primaries(frozenset({"10.0.0.1:7000"}))
+    old = time.monotonic() - 5.0  # delayed on the way (a slow bus link)
+    copy._on_message(["message", "atp:changes", f"~{copy._token} 10.0.0.1:7000 {old!r}"])
+    assert not copy.current
