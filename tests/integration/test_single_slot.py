@@ -84,8 +84,8 @@ async def test_every_script_the_service_runs_on_a_cluster_touches_one_slot(
     # Configuration: seeding and replacing policies; a safety-stock override.
     await store.seed_channel_policies({"web": ChannelPolicy(safety_stock=1)})
     await store.put_channel_policy("web", ChannelPolicy(safety_stock=1), changed_by="ops")
-    await store.seed_sites({"DC-SLOT": SiteAttributes.from_mapping({"priority": 5})})
-    await store.put_site("DC-SLOT", SiteAttributes.from_mapping({"priority": 7}), changed_by="ops")
+    await store.seed_sites({"DC-SLOT": SiteAttributes(priority=5)})
+    await store.put_site("DC-SLOT", SiteAttributes(priority=7), changed_by="ops")
     assert (await store.site_table()).book.sites["DC-SLOT"].priority == 7
     skus = [sku_in(site) for _ in range(6)]
     await store.set_safety_stock(
