@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict, cast
 
 import orjson
-import redis.asyncio as aioredis
 
 from atp_service.store import keys as k
+from atp_service.store.redis_store import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class OpsSnapshot:
 class OpsStore:
     """The operators' side of Redis; receives its client, builds none."""
 
-    def __init__(self, client: aioredis.Redis, outboxes: Sequence[str] = ()) -> None:
+    def __init__(self, client: RedisClient, outboxes: Sequence[str] = ()) -> None:
         self.redis = client
         self.outboxes = list(outboxes)
 
