@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
-import redis.asyncio as aioredis
 
 from atp_service.config import EVENTS_TOPIC, Settings
 from atp_service.domain import Source, is_valid_site, is_valid_sku
 from atp_service.store import keys as k
+from atp_service.store.redis_store import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class ReconcileSchedule:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         publish: Publish,
         *,
         every_seconds: float,
