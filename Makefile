@@ -52,10 +52,15 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 
 # Benchmarks (docs/benchmarks.md): the full run (>= 100k skus x 5 sites, some minutes) writes
 # benchmarks/results/; the quick one (< 90 s, small data) writes benchmarks/results/quick/.
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-durability
 
 bench: $(INSTALLED)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 bench-quick: $(INSTALLED)
 	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
+
+# What Redis persistence costs a reservation (docs/operations-scale.md): each setting in
+# turns, back to back; writes benchmarks/results/durability/.
+bench-durability: $(INSTALLED)
+	$(BIN)/python -m benchmarks.durability $(BENCH_ARGS)

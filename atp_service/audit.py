@@ -3,7 +3,9 @@
 For every item-site, ``reserved`` (position field ``rs``) must equal the sum, over the
 held and confirmed reservations, of each line's reserved units not yet allocated by the
 WMS. `atp audit` prints each difference, sets ``atp_reservation_audit_mismatches`` and
-exits 1 when there is one (0 when all agree, 2 when Redis cannot be reached).
+exits 1 when there is one (0 when all agree, 2 when Redis cannot be reached). While the
+workers are reading again from Kafka what Redis lost (store/applied.py), it says so: the
+positions are not whole yet.
 
 Every worker also runs ``audit_periodically``: one of them (whichever takes the interval's
 lock) audits every ``ATP_WORKER_AUDIT_INTERVAL_SECONDS`` and stores the result in Redis;
@@ -25,6 +27,7 @@ from atp_service import metrics
 from atp_service.config import Settings
 from atp_service.domain.reservations import ReservationStatus, iso_from_ms
 from atp_service.store import KeySpace, RedisStore, connect
+from atp_service.store.applied import AppliedStore
 from atp_service.store.ops import OpsStore
 from atp_service.store.redis_store import UNAVAILABLE_ERRORS
 from atp_service.store.reservations import AuditDifference, ReservationStore
@@ -124,11 +127,19 @@ async def _run(settings: Settings) -> int:
         )
         try:
             differences = await audit_store(reservations)
+            catching_up = (await AppliedStore(store).state()).catching_up
         except UNAVAILABLE_ERRORS as exc:
             print(f"atp audit: Redis at {settings.redis_url} unreachable: {exc}", file=sys.stderr)
             return 2
     finally:
         await client.aclose()
+    if catching_up:
+        print(
+            f"atp audit: the store is catching up ({len(catching_up)} inbound partition(s) "
+            "being read again from Kafka after Redis came back holding less): positions are "
+            "not whole yet",
+            file=sys.stderr,
+        )
     for d in differences:
         print(
             f"MISMATCH {d.sku}@{d.site}: reserved {d.reserved}, active reservation lines "

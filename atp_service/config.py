@@ -269,6 +269,10 @@ class Settings(BaseSettings):
     within the session timeout takes its partitions back with no rebalance. Each worker
     process needs an id of its own (e.g. its host or pod name); unset, membership is
     dynamic."""
+    worker_advance_seconds: float = Field(default=1.0, gt=0, le=3600)
+    """How often, at most, a worker records in every hash-tag group where its folded batches
+    ended on each partition, and commits that to Kafka (stream_agents/_positions.py): after a
+    restart or a rebalance, at most about this much is read again (and skipped)."""
     worker_metrics_port: int = Field(default=9102, ge=0, le=65535)
     """Port of the worker's /metrics (0 turns it off)."""
     worker_metrics_host: str = "127.0.0.1"
@@ -282,7 +286,9 @@ class Settings(BaseSettings):
     """Outbox entries read per relay round (an entry is one event, or the events of one fold
     call: up to 200)."""
     relay_claim_idle_ms: int = Field(default=10_000, ge=100)
-    """Entries a dead relay held for this long are taken over by a live one."""
+    """How long a relay's lease on an outbox stream stands unrenewed (one relay at a time
+    publishes a stream, so a key's events keep their order): a dead relay's streams, and the
+    entries it read and never acknowledged, go to a live relay after this long."""
     relay_linger_ms: int = Field(default=20, ge=0, le=1_000)
     """After a round that found less than a full batch, wait this long before the next, so
     that a trickle goes out in fewer, larger rounds (Kafka's linger.ms; 0: no wait)."""

@@ -3,9 +3,12 @@
 Every state change writes its events into a Redis outbox stream in the same atomic
 script as the change (see ``store/lua``). A relay reads them with a consumer group,
 publishes them to Kafka, waits for the broker's acknowledgement, and only then
-acknowledges and deletes them. A relay that dies leaves its entries pending; another
-relay claims them after ``claim_idle_ms``. Publication is therefore at least once, in
-order per outbox stream; consumers drop stale ``availability.changed`` by ``version``.
+acknowledges and deletes them. One relay at a time publishes a stream: it holds the
+stream's lease (store/relay_leases.py), and the live relays share the streams out. A relay
+that dies leaves its entries pending and stops renewing its leases; after ``claim_idle_ms``
+another relay takes them and publishes those entries first. Publication is therefore at
+least once, in order per outbox stream (so per key: a key's events all go to one stream);
+consumers drop stale ``availability.changed`` by ``version``.
 
 With ``coalesce_ms`` (``ATP_EVENTS_COALESCE_MS``) a relay holds what it reads for that long
 and publishes it coalesced (coalescing.py): successive changes of one item-site-channel
@@ -27,6 +30,7 @@ from atp_service import metrics
 from atp_service.coalescing import Window, coalesce
 from atp_service.store import OutboxEntry, RedisStore
 from atp_service.store.duty import Duty
+from atp_service.store.relay_leases import RelayLeases
 
 log = logging.getLogger(__name__)
 
@@ -178,26 +182,40 @@ class OutboxRelay:
         self._retry_own_pending = True  # on start, first finish what this name left behind
         #: What it holds while it coalesces (None: each round publishes what it read).
         self.window = Window(coalesce_ms, max_entries=10 * batch) if coalesce_ms > 0 else None
+        #: The streams this relay publishes; a dead relay's go to another after claim_idle_ms.
+        self.leases = RelayLeases(store, consumer, claim_idle_ms)
 
     async def relay_once(self) -> int:
         """Publish one batch; returns how many entries went out. Raises on Redis/Kafka errors."""
         if not self._groups_ready:
             await self.store.ensure_relay_groups()
             self._groups_ready = True
+        if self.leases.share_due():
+            taken = await self.leases.share()
+            if taken:
+                # The streams' relay before this one may have read entries it never
+                # acknowledged: they go out first, in their order.
+                await self.store.claim_pending(taken, self.consumer)
+                self._retry_own_pending = True
+        streams = self.leases.held()
+        if not streams:
+            await asyncio.sleep(self.block_ms / 1000)  # every stream has a relay of its own
+            return 0
         entries: list[OutboxEntry] = []
         if self._retry_own_pending:
-            entries = await self._own_pending()
+            entries = await self.store.read_outbox(
+                self.consumer, self.batch, None, pending=True, streams=streams
+            )
             if self.window is not None:  # those it holds are pending too: not them again
                 entries = [entry for entry in entries if not self.window.holds(entry)]
             if not entries:
                 self._retry_own_pending = False
-                entries = await self.store.claim_stale_outbox(
-                    self.consumer, self.claim_idle_ms, self.batch
-                )
         window = self.window
         if window is None:
             if not entries:
-                entries = await self.store.read_outbox(self.consumer, self.batch, self.block_ms)
+                entries = await self.store.read_outbox(
+                    self.consumer, self.batch, self.block_ms, streams=streams
+                )
             if not entries:
                 return 0
             await self._publish(entries)
@@ -205,7 +223,9 @@ class OutboxRelay:
         loop = asyncio.get_running_loop()
         if not entries:
             block = max(1, min(self.block_ms, int(window.left(loop.time()) * 1000)))
-            entries = await self.store.read_outbox(self.consumer, self.batch, block)
+            entries = await self.store.read_outbox(
+                self.consumer, self.batch, block, streams=streams
+            )
         window.add(entries, loop.time())
         if not window.due(loop.time()):
             return 0
@@ -214,11 +234,15 @@ class OutboxRelay:
         window.clear()
         return len(held)
 
-    async def _own_pending(self) -> list[OutboxEntry]:
-        return await self.store.read_outbox(self.consumer, self.batch, None, pending=True)
-
     async def _publish(self, entries: Sequence[OutboxEntry]) -> None:
-        records = [record for entry in entries for record in entry.records]
+        mine = [entry for entry in entries if self.leases.holds(entry.stream)]
+        if len(mine) < len(entries):
+            # A lease it can no longer be sure of: those entries stay pending, for this relay
+            # once it renewed the lease, or for the relay that took it.
+            self._retry_own_pending = True
+        if not mine:
+            return
+        records = [record for entry in mine for record in entry.records]
         if self.window is not None:
             coalesced = coalesce(records)
             metrics.EVENTS_COALESCED.inc(len(records) - len(coalesced))
@@ -230,14 +254,26 @@ class OutboxRelay:
         except TimeoutError:
             self._retry_own_pending = True
             raise PublishStalled(
-                f"no answer from Kafka for {self.publish_timeout_s:.0f}s on {len(entries)} entries"
+                f"no answer from Kafka for {self.publish_timeout_s:.0f}s on {len(mine)} entries"
             ) from None
         except Exception:
             # Not acknowledged: the entries stay pending for this consumer and go out again.
             self._retry_own_pending = True
             raise
-        await self.store.ack_outbox(entries)
+        await self.store.ack_outbox(mine)
         metrics.OUTBOX_PUBLISHED.inc(len(records))
+
+    async def _keep_leases(self, stop: asyncio.Event) -> None:
+        """Renew the leases while the relay lives, even through a publish that takes long."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.leases.every)
+            try:
+                await self.leases.renew()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("outbox relay: renewing leases failed: %s", exc)
 
     async def run(
         self, stop: asyncio.Event, *, duty: Duty | None = None, stand_by: bool = False
@@ -249,31 +285,38 @@ class OutboxRelay:
         ``PublishStalled`` for the caller to replace its producer; the entries stay pending.
         """
         backoff = 0.1
-        claim_every = max(1.0, self.claim_idle_ms / 2000)
-        loop = asyncio.get_running_loop()
-        next_claim = loop.time() + claim_every
-        while not stop.is_set():
-            try:
-                if duty is not None and stand_by and await duty.taken():
+        renewing = asyncio.create_task(self._keep_leases(stop))
+        standing_by = False
+        try:
+            while not stop.is_set():
+                try:
+                    if duty is not None and stand_by and await duty.taken():
+                        if not standing_by:
+                            await self.leases.release()  # the workers' relays take them
+                            standing_by = True
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), timeout=0.5)
+                        continue
+                    standing_by = False
+                    sent = await self.relay_once()
+                    if duty is not None and not stand_by:
+                        await duty.done()
+                    backoff = 0.1
+                    if 0 < sent < self.batch and self.linger:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), timeout=self.linger)
+                except (asyncio.CancelledError, PublishStalled):
+                    raise
+                except Exception as exc:
+                    metrics.OUTBOX_RELAY_FAILURES.inc()
+                    self._groups_ready = False  # Redis may have come back empty (NOGROUP)
+                    log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=0.5)
-                    continue
-                if loop.time() >= next_claim:
-                    self._retry_own_pending = True  # also claims entries of dead relays
-                    next_claim = loop.time() + claim_every
-                sent = await self.relay_once()
-                if duty is not None and not stand_by:
-                    await duty.done()
-                backoff = 0.1
-                if 0 < sent < self.batch and self.linger:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=self.linger)
-            except (asyncio.CancelledError, PublishStalled):
-                raise
-            except Exception as exc:
-                metrics.OUTBOX_RELAY_FAILURES.inc()
-                self._groups_ready = False  # Redis may have come back empty (NOGROUP)
-                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                backoff = min(backoff * 2, 5.0)
+                        await asyncio.wait_for(stop.wait(), timeout=backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(BaseException):
+                await renewing
+            with contextlib.suppress(Exception):
+                await self.leases.release()  # the others need not wait for them to lapse

@@ -12,7 +12,8 @@ REQUEST_SECONDS = Histogram(
 )
 EVENTS_FOLDED = Counter(
     "atp_events_folded_total",
-    "Inbound events by topic, source and outcome (folded, unchanged, duplicate, stale).",
+    "Inbound events by topic, source and outcome (folded, unchanged, duplicate, stale, "
+    "replayed: at or below the offset already folded from its partition).",
     ["topic", "source", "outcome"],
 )
 EVENTS_DEAD_LETTERED = Counter(
@@ -95,4 +96,18 @@ REEVALUATED = Counter(
 REEVALUATION_EVENTS = Counter(
     "atp_reevaluation_events_total",
     "availability.changed events re-evaluation emitted (ATP moved without a fold).",
+)
+FOLD_CATCHING_UP = Gauge(
+    "atp_fold_catching_up_partitions",
+    "Inbound partitions this worker is reading again because Redis came back holding less "
+    "than was folded (restarted from an older RDB or AOF, a replica promoted too early).",
+)
+FOLD_REWINDS = Counter(
+    "atp_fold_rewinds_total",
+    "Times a worker found Redis holding less than it had folded and read its partitions again.",
+)
+STORE_CATCHING_UP = Gauge(
+    "atp_store_catching_up",
+    "1 while this API process finds the store catching up (its /readyz answers 503): Redis "
+    "came back holding less than was folded and the workers have not read it all again yet.",
 )

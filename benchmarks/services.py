@@ -136,22 +136,25 @@ class Services:
         self.children[name] = child
         return child
 
-    def start_api(self) -> None:
+    def start_api(self, *, ceiling: bool = True) -> None:
+        """`atp api`, and (``ceiling``) the ceiling app beside it."""
         atp = [sys.executable, "-m", "atp_service"]
         self._spawn(
             "api",
             [*atp, "api", "--host", LOOPBACK, "--port", str(self.api_port),
              "--workers", str(self.api_workers)],
         )  # fmt: skip
-        self._spawn(
-            "ceiling",
-            [sys.executable, "-m", "benchmarks.ceiling_app", "--host", LOOPBACK,
-             "--port", str(self.ceiling_port), "--workers", str(self.api_workers)],
-        )  # fmt: skip
+        if ceiling:
+            self._spawn(
+                "ceiling",
+                [sys.executable, "-m", "benchmarks.ceiling_app", "--host", LOOPBACK,
+                 "--port", str(self.ceiling_port), "--workers", str(self.api_workers)],
+            )  # fmt: skip
         self.wait_until(lambda: http_status(f"{self.api_url}/readyz") == 200, "the API", 60)
-        self.wait_until(
-            lambda: http_status(f"{self.ceiling_url}/readyz") == 200, "the ceiling app", 60
-        )
+        if ceiling:
+            self.wait_until(
+                lambda: http_status(f"{self.ceiling_url}/readyz") == 200, "the ceiling app", 60
+            )
 
     def start_worker(self) -> None:
         self._spawn("worker", [sys.executable, "-m", "atp_service", "worker"])

@@ -22,7 +22,9 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from atp_service import metrics
 from atp_service.domain import Bucket, ChannelPolicy, Source
 from atp_service.store import FoldOutcome, PolicyBook, RedisStore
-from atp_service.store.redis_store import FOLD_ERROR, PreparedFold
+from atp_service.store.applied import AppliedOffsets, Origin, StoreBehind
+from atp_service.store.keys import partition_field
+from atp_service.store.redis_store import FOLD_BEHIND, FOLD_ERROR, PreparedFold
 from atp_service.store.replay_marks import ReplayMarks
 from stream_agents.records import (
     TOPIC_SOURCES,
@@ -59,6 +61,10 @@ class InboundMessage:
     value: bytes | None
     #: ``"<partition>:<offset>"`` of the dead letter `atp dlq replay` sent this from, if so.
     replayed_from: str | None = None
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(partition_field(self.topic, self.partition), self.offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +192,10 @@ class BatchFolder:
         self._max_backoff = max_backoff_seconds
         self._should_give_up = should_give_up
         self._known_sites: set[str] = set()
+        #: What this worker knows Redis recorded of its partitions (store/applied.py); the
+        #: inbound agent sets it up as partitions are assigned.
+        self.applied = AppliedOffsets(store.keys.groups)
+        self._partition_names: dict[tuple[str, int], str] = {}  # keys.partition_field's
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -214,8 +224,7 @@ class BatchFolder:
         good: list[tuple[InboundMessage, InboundEvent]] = []
         rejected: list[Rejected] = []
         self._decode(messages, good, rejected)
-        fold = self.store.prepare_fold([event for _, event in good])
-        return PreparedBatch(messages, good, rejected, fold)
+        return PreparedBatch(messages, good, rejected, self._prepare_fold(good))
 
     async def prepare_yielding(
         self, messages: Sequence[InboundMessage], every: int = _YIELD_EVERY
@@ -229,8 +238,17 @@ class BatchFolder:
         for start in range(0, len(messages), every):
             self._decode(messages[start : start + every], good, rejected)
             await asyncio.sleep(0)
-        fold = self.store.prepare_fold([event for _, event in good])
-        return PreparedBatch(messages, good, rejected, fold)
+        return PreparedBatch(messages, good, rejected, self._prepare_fold(good))
+
+    def _prepare_fold(self, good: Sequence[tuple[InboundMessage, InboundEvent]]) -> PreparedFold:
+        names = self._partition_names
+        origins = []
+        for message, _ in good:
+            name = names.get((message.topic, message.partition))
+            if name is None:
+                name = names[(message.topic, message.partition)] = message.origin.partition
+            origins.append(Origin(name, message.offset))
+        return self.store.prepare_fold([event for _, event in good], origins)
 
     def _decode(
         self,
@@ -251,24 +269,37 @@ class BatchFolder:
                 good.append((message, event))
 
     async def complete(self, batch: PreparedBatch) -> None:
-        """Fold the good events and dead-letter the rest; returns when all are done."""
+        """Fold the good events and dead-letter the rest; returns when all are done.
+
+        Raises ``StoreBehind`` (once the rest is done) when Redis holds less of some
+        partitions than this worker recorded there: their events are not folded, and must be
+        read again from what Redis holds."""
         if not self._started:
             await self.start()
         rejected = list(batch.rejected)
+        behind: set[str] = set()
         if batch.good:
-            rejected.extend(await self._fold(batch))
+            rejected.extend(await self._fold(batch, behind))
         if rejected:
             await self._dead_letter(rejected)
+        if behind:
+            raise StoreBehind(behind)
+
+    def forget_sites(self) -> None:
+        """Register sites again from now on (Redis lost what this worker registered)."""
+        self._known_sites.clear()
 
     # -- folding -----------------------------------------------------------------------------
 
-    async def _fold(self, batch: PreparedBatch) -> list[Rejected]:
+    async def _fold(self, batch: PreparedBatch, behind: set[str]) -> list[Rejected]:
+        """Fold; returns the events refused, adds to ``behind`` the partitions Redis holds
+        less of than this worker recorded (store/applied.py)."""
         good = batch.good
 
         async def fold_all() -> list[FoldOutcome]:
             await self._refresh_policies()
             await self._register_sites(batch.fold.sites)
-            return await self.store.fold_prepared(batch.fold, self.book)
+            return await self.store.fold_prepared(batch.fold, self.book, self.applied)
 
         try:
             outcomes: list[FoldOutcome | None] = list(
@@ -282,6 +313,9 @@ class BatchFolder:
         counts: dict[tuple[str, str, str], int] = {}
         for (message, event), outcome in zip(good, outcomes, strict=True):
             if outcome is None:
+                continue
+            if outcome.status == FOLD_BEHIND:
+                behind.add(message.origin.partition)
                 continue
             if outcome.status == FOLD_ERROR:
                 # That event's fold raised inside the script; the others went through.
@@ -312,8 +346,11 @@ class BatchFolder:
         failed: list[Rejected] = []
         for message, event in good:
 
-            async def fold_one(event: InboundEvent = event) -> FoldOutcome:
-                return await self.store.fold(event, self.book)
+            async def fold_one(
+                event: InboundEvent = event, origin: Origin = message.origin
+            ) -> FoldOutcome:
+                [outcome] = await self.store.fold_many([event], self.book, [origin], self.applied)
+                return outcome
 
             try:
                 outcomes.append(await self._retry("fold", fold_one, redis_is_down, "redis"))

@@ -13,6 +13,10 @@ reads the topics itself, with the same consumer group the Faust agents used.
 Order per item-site holds: an item-site lives on one partition, a batch keeps each
 partition's records in order, and a batch is sent to Redis only after the one before it
 was folded. While Redis folds a batch, the next one is fetched and decoded.
+
+Where each assigned partition starts, and what happens when Redis is found holding less than
+this worker folded into it, is _positions.py's: a partition assigned is paused until it is
+placed there, and a batch that finds Redis behind is dropped, and the partitions read again.
 """
 
 from __future__ import annotations
@@ -27,11 +31,17 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from atp_service import metrics
+from atp_service.store.applied import AppliedStore, StoreBehind, record_fingerprint
 from atp_service.store.ops import PartitionLag
 from atp_service.store.replay_marks import replayed_from
 from stream_agents._folding import BatchAbandoned, BatchFolder, InboundMessage, PreparedBatch
+from stream_agents._kafka import LogProbe
+from stream_agents._positions import ADVANCE_SECONDS, Positions
 from stream_agents.lag import LagMeter
 from stream_agents.records import TOPIC_SOURCES
+
+#: Where a partition's batch ended: its last offset and that record's fingerprint.
+Ends = dict[TopicPartition, tuple[int, str]]
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +65,17 @@ class InboundAgent:
         rebalance_timeout_ms: int,
         group_instance_id: str | None = None,
         should_give_up: Callable[[], bool] = lambda: False,
+        advance_seconds: float = ADVANCE_SECONDS,
     ) -> None:
         self.folder = folder
+        self.probe = LogProbe(bootstrap_servers, client_id=f"{group_id}-probe")
+        self.positions = Positions(
+            AppliedStore(folder.store),
+            folder.applied,
+            self.probe,
+            advance_seconds=advance_seconds,
+            should_give_up=should_give_up,
+        )
         self._consumer_options: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
             "group_id": group_id,
@@ -77,11 +96,14 @@ class InboundAgent:
         self._stopped = asyncio.Event()
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
-        #: The batch Redis is folding: its task, the offsets to commit once it is done, and
-        #: its number for the lag meter.
-        self._in_flight: tuple[asyncio.Future[None], dict[TopicPartition, int], int] | None = None
-        #: Offsets of folded batches not yet committed (a commit may fail; it is retried).
+        #: The batch Redis is folding: its task, where it ends on each partition, and its
+        #: number for the lag meter.
+        self._in_flight: tuple[asyncio.Future[None], Ends, int] | None = None
+        #: Offsets folded and advanced (_positions.py) not yet committed (a commit may fail;
+        #: it is retried).
         self._uncommitted: dict[TopicPartition, int] = {}
+        #: Partitions assigned and paused until they are placed where the fold stands.
+        self._unplaced: set[TopicPartition] = set()
         self._lag_gauges: dict[TopicPartition, Any] = {}
         self._sync_gauges: dict[TopicPartition, Any] = {}
         #: Sync lag in seconds per partition (stream_agents/lag.py).
@@ -100,7 +122,10 @@ class InboundAgent:
         try:
             while not self._stopping.is_set():
                 consumer = AIOKafkaConsumer(**self._consumer_options)
-                consumer.subscribe(self.topics, listener=_SettleOnRevoke(self))
+                consumer.subscribe(self.topics, listener=_SettleOnRevoke(self, consumer))
+                # start() returns once the first assignment is made: nothing is placed yet.
+                self._unplaced.clear()
+                self.positions.forget_all()
                 try:
                     await consumer.start()
                 except KafkaError as exc:
@@ -123,6 +148,7 @@ class InboundAgent:
                     self._consumer = None
                     await _stop_quietly(consumer)
         finally:
+            await self.probe.stop()
             self._stopped.set()
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
@@ -136,11 +162,14 @@ class InboundAgent:
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         try:
             while not self._stopping.is_set():
+                if self._unplaced:
+                    await self._place(consumer)
+                    continue
                 records = await consumer.getmany(
                     timeout_ms=0 if self._in_flight else _POLL_MS, max_records=self.batch
                 )
                 prepared: PreparedBatch | None = None
-                offsets: dict[TopicPartition, int] = {}
+                ends: Ends = {}
                 number = 0
                 if records:
                     number = self.lag.fetched(records)
@@ -156,28 +185,66 @@ class InboundAgent:
                         for tp, batch in records.items()
                         for r in batch
                     ]
-                    offsets = {tp: batch[-1].offset + 1 for tp, batch in records.items()}
+                    ends = {
+                        tp: (batch[-1].offset, record_fingerprint(batch[-1].value))
+                        for tp, batch in records.items()
+                    }
                     # CPU work, while Redis still folds the batch before this one (and
                     # its pipeline is still being written: the loop gets turns).
                     prepared = await self.folder.prepare_yielding(messages)
                 async with self._lock:
                     if self._abandoned is not None:
                         raise self._abandoned
-                    await self._settle(consumer, commit=False)
+                    if self._unplaced:
+                        continue  # reassigned meanwhile: read again from where placed
+                    try:
+                        # The batch before is folded: advance and commit when due.
+                        await self._settle(consumer)
+                        if self.positions.check_due():
+                            await self.positions.check()
+                    except StoreBehind as exc:
+                        await self._rewind(consumer, exc)
+                        continue
                     if prepared is not None:
-                        prepared, offsets = self._still_assigned(consumer, prepared, offsets)
+                        prepared, ends = self._still_assigned(consumer, prepared, ends)
                         task = asyncio.ensure_future(self._fold(prepared))
-                        self._in_flight = (task, offsets, number)
+                        self._in_flight = (task, ends, number)
                         await asyncio.sleep(0)  # let it send its pipeline first
-                    # The batch before is folded: commit it while Redis folds this one.
-                    await self._commit(consumer)
                 if records:
-                    self._record_lag(consumer, offsets)
+                    self._record_lag(consumer, ends)
                 # Let the fold task send its pipeline before the next batch is decoded.
                 await asyncio.sleep(0)
         finally:
             async with self._lock:
-                await self._settle(consumer)
+                try:
+                    await self._settle(consumer, final=True)
+                except StoreBehind:
+                    await self.positions.left_behind(consumer.assignment())
+
+    async def _place(self, consumer: AIOKafkaConsumer) -> None:
+        """Seek the partitions assigned to where the fold stands, then read them."""
+        async with self._lock:
+            tps = self._unplaced & consumer.assignment()
+            try:
+                await self.positions.place(consumer, tps)
+            except (BatchAbandoned, asyncio.CancelledError):
+                raise
+            except Exception:
+                log.exception("inbound: placing %d partitions failed; retrying", len(tps))
+                await asyncio.sleep(1.0)
+                return
+            self._unplaced.clear()
+            consumer.resume(*tps)
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, behind: StoreBehind) -> None:
+        """Redis holds less than this worker folded: read every partition again from what it
+        holds (the batch read meanwhile is dropped)."""
+        metrics.FOLD_REWINDS.inc()
+        log.warning("inbound: %s; reading the partitions again from what Redis holds", behind)
+        self._uncommitted.clear()
+        self.folder.forget_sites()
+        self.lag.forget(consumer.assignment())  # what it had fetched is read again
+        await self.positions.place(consumer, consumer.assignment(), lost=True)
 
     async def _fold(self, prepared: PreparedBatch) -> None:
         """complete() retries outages itself; anything else escaping it is a bug. Never let it
@@ -196,18 +263,19 @@ class InboundAgent:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def _settle(self, consumer: AIOKafkaConsumer, *, commit: bool = True) -> None:
-        """Wait for the batch in flight; once folded, its offsets are committed (``commit``)
-        or left for the next ``_commit``."""
+    async def _settle(self, consumer: AIOKafkaConsumer, *, final: bool = False) -> None:
+        """Wait for the batch in flight; once folded, record where it ended in every group
+        when due (or ``final``: the partitions go, or the worker stops) and commit that."""
         if self._in_flight is not None:
-            task, offsets, number = self._in_flight
+            task, ends, number = self._in_flight
             self._in_flight = None
-            await task  # BatchAbandoned: not folded, so not committed
+            await task  # BatchAbandoned, StoreBehind: not folded, so not committed
             self.lag.folded(number)
-            self._uncommitted.update(offsets)
+            await self.positions.folded(ends)
             self.folded_batches += 1
-        if commit:
-            await self._commit(consumer)
+        if final or self.positions.advance_due():
+            self._uncommitted.update(await self.positions.advance())
+        await self._commit(consumer)
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         if not self._uncommitted:
@@ -228,20 +296,18 @@ class InboundAgent:
         self._uncommitted.clear()
 
     def _still_assigned(
-        self,
-        consumer: AIOKafkaConsumer,
-        prepared: PreparedBatch,
-        offsets: dict[TopicPartition, int],
-    ) -> tuple[PreparedBatch, dict[TopicPartition, int]]:
+        self, consumer: AIOKafkaConsumer, prepared: PreparedBatch, ends: Ends
+    ) -> tuple[PreparedBatch, Ends]:
         """Drop what a rebalance took away while the batch was being decoded."""
         assigned = consumer.assignment()
-        if all(tp in assigned for tp in offsets):
-            return prepared, offsets
+        if all(tp in assigned for tp in ends):
+            return prepared, ends
         kept = [m for m in prepared.messages if TopicPartition(m.topic, m.partition) in assigned]
-        return self.folder.prepare(kept), {tp: o for tp, o in offsets.items() if tp in assigned}
+        return self.folder.prepare(kept), {tp: e for tp, e in ends.items() if tp in assigned}
 
-    def _record_lag(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        for tp, next_offset in offsets.items():
+    def _record_lag(self, consumer: AIOKafkaConsumer, ends: Ends) -> None:
+        for tp, (last, _) in ends.items():
+            next_offset = last + 1
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 self._message_lag_gauge(tp).set(max(0, highwater - next_offset))
@@ -284,28 +350,37 @@ class InboundAgent:
 
 
 class _SettleOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Before partitions go to another worker: finish the batch in flight and commit it."""
+    """Before partitions go to another worker: finish the batch in flight, record where it
+    ended and commit it. Partitions assigned are paused until placed (_positions.py)."""
 
-    def __init__(self, agent: InboundAgent) -> None:
+    def __init__(self, agent: InboundAgent, consumer: AIOKafkaConsumer) -> None:
         self.agent = agent
+        self.consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        consumer = self.agent._consumer
-        if consumer is None:
-            return
-        async with self.agent._lock:
+        agent, consumer = self.agent, self.consumer
+        async with agent._lock:
             try:
-                await self.agent._settle(consumer)
+                await agent._settle(consumer, final=True)
             except BatchAbandoned as exc:
-                self.agent._abandoned = exc  # the main loop stops on it
-            self.agent.lag.forget(revoked)
+                agent._abandoned = exc  # the main loop stops on it
+            except StoreBehind:
+                with contextlib.suppress(BatchAbandoned):
+                    await agent.positions.left_behind(revoked)
+            agent.positions.revoked(revoked)
+            agent._unplaced.difference_update(revoked)
+            agent.lag.forget(revoked)
             for tp in revoked:  # another worker's to report now
-                gauge = self.agent._sync_gauges.pop(tp, None)
+                gauge = agent._sync_gauges.pop(tp, None)
                 if gauge is not None:
                     gauge.set(0)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        return None
+        agent, consumer = self.agent, self.consumer
+        if not assigned:
+            return
+        consumer.pause(*assigned)
+        agent._unplaced.update(assigned)
 
 
 async def _stop_quietly(consumer: AIOKafkaConsumer) -> None:

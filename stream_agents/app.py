@@ -90,6 +90,7 @@ class WorkerRuntime:
             rebalance_timeout_ms=settings.worker_session_timeout_ms,
             group_instance_id=settings.worker_group_instance_id,
             should_give_up=lambda: bool(app.should_stop),
+            advance_seconds=settings.worker_advance_seconds,
         )
         self.relay = OutboxRelay(
             self.store,

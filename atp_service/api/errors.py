@@ -189,6 +189,18 @@ def store_unavailable(retry_after: int) -> Response:
     )
 
 
+def store_catching_up(retry_after: int, partitions: int) -> Response:
+    return problem_response(
+        503,
+        "store_catching_up",
+        "the inventory store came back holding less than was folded into it; the workers "
+        "are reading again from Kafka what it lost",
+        title="Store catching up",
+        headers={"Retry-After": str(retry_after)},
+        extra={"partitions_catching_up": partitions},
+    )
+
+
 def internal_error() -> Response:
     return problem_response(
         500, "internal_error", "an unexpected error occurred; it has been logged"

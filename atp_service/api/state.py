@@ -25,6 +25,7 @@ from atp_service.config import EVENTS_TOPIC, Settings
 from atp_service.domain import ChannelPolicy, SiteAttributes, SiteBook
 from atp_service.events import KafkaPublisher, OutboxRelay, PublishStalled, relay_consumer_name
 from atp_service.store import KeySpace, PolicyBook, RedisStore, StoreUnavailable
+from atp_service.store.applied import AppliedStore
 from atp_service.store.duty import Duty
 from atp_service.store.position_cache import PositionCache
 from atp_service.store.rate_limit import SharedBuckets
@@ -67,6 +68,7 @@ class ApiState:
         self.seed_policies: dict[str, ChannelPolicy] = settings.load_channel_policies()
         self._redis: RedisClient | None = None
         self._store: RedisStore | None = None
+        self._applied: AppliedStore | None = None
         self._positions: PositionCache | None = None
         #: The channel policies in force, refreshed in the background; replaced, never mutated.
         self.book = PolicyBook.of({})
@@ -82,6 +84,9 @@ class ApiState:
         #: The ``sync`` of the answers (api/sync_view.py); replaced, never mutated.
         self.sync = SyncView.unmeasured()
         self.kafka_connected = False
+        #: Whether this process has seen the mark of a dataset the workers track
+        #: (keys.FOLD_EPOCH): once it has, a store without one came back empty.
+        self._seen_fold_epoch = False
         self.stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -111,6 +116,7 @@ class ApiState:
             max_entries=self.settings.api_position_copy_entries,
             max_staleness_seconds=self.settings.api_position_copy_max_staleness_seconds,
         )
+        self._applied = AppliedStore(self._store)
         # This process's own writes reach its copy at once (a read after a write sees it).
         self._store.own_changes.append(self._positions.apply_lines)
         limits = limits_of(
@@ -143,6 +149,25 @@ class ApiState:
         if self._positions is None:
             raise RuntimeError("the app's lifespan has not started")
         return self._positions
+
+    # -- the fold ------------------------------------------------------------------------
+
+    async def partitions_catching_up(self) -> int:
+        """Inbound partitions the workers are reading again because Redis came back holding
+        less than was folded (stream_agents/_positions.py); -1 when Redis came back empty
+        and no worker has noticed yet. 0: caught up."""
+        if self._applied is None:
+            raise RuntimeError("the app's lifespan has not started")
+        state = await self._applied.state()
+        if state.catching_up:
+            behind = len(state.catching_up)
+        elif state.epoch is None:
+            behind = -1 if self._seen_fold_epoch else 0
+        else:
+            self._seen_fold_epoch = True
+            behind = 0
+        metrics.STORE_CATCHING_UP.set(1 if behind else 0)
+        return behind
 
     # -- policies and sites --------------------------------------------------------------
 

@@ -71,6 +71,15 @@ LEGACY_CONFIG_KEYS = {
 RELAY_GROUP = "relay"  # consumer group reading the outbox streams
 # hash: "<partition>:<offset>" of a dead letter in inventory.dlq.v1 -> its replay mark (dlq.py)
 DLQ_REPLAYED = f"{PREFIX}:dlq:replayed"
+#: The fold's record of what it re-read and whether a worker has tracked this dataset
+#: (stream_agents/_positions.py): a token a restore from before the first worker loses, and
+#: per inbound partition the offset a worker must re-read up to after finding the store
+#: holding less than it had. Their own hash tag: one slot, read together by /readyz.
+FOLD_EPOCH = f"{PREFIX}:{{fold}}:epoch"
+FOLD_CATCHUP = f"{PREFIX}:{{fold}}:catchup"  # hash: "<topic>:<partition>" -> offset
+#: Live outbox relays (zset: consumer name -> when its registration lapses, epoch ms); the
+#: outbox streams are shared out among them (store/relay_leases.py).
+RELAYS = f"{PREFIX}:relays"
 #: Pub/sub channel on which every script that changes a position publishes it as it now is
 #: (``announce`` in lua/_lib.lua, which spells it out too); position_cache.py follows it.
 CHANGES_CHANNEL = f"{PREFIX}:changes"
@@ -120,6 +129,24 @@ REEVALUATION_LEASE = f"{PREFIX}:{{reeval}}:lease"
 RECONCILE_DUE = f"{PREFIX}:reconcile:due"
 
 
+def applied_offsets(group: int) -> str:
+    """The highest Kafka offset folded into the group, per inbound partition (field
+    ``partition_field``; written by fold.lua in the same call as the positions it moved, and
+    by advance.lua), and beside it (field ``<partition>#``) a checkpoint: an offset and the
+    fingerprint of the record there, which tells a log that was replaced from the one
+    folded."""
+    return f"{PREFIX}:{tag(group)}:applied"
+
+
+def partition_field(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+def outbox_lease(group: int) -> str:
+    """Who relays the group's outbox stream (one relay at a time keeps its order)."""
+    return f"{PREFIX}:{tag(group)}:outbox:lease"
+
+
 def duty_key(name: str) -> str:
     """Set by a worker after a successful round of a background duty (store/duty.py)."""
     return f"{PREFIX}:duty:{name}"
@@ -153,6 +180,7 @@ class KeySpace:
     def __init__(self, groups: int) -> None:
         self.groups = groups
         self.outboxes = [outbox(g) for g in range(groups)]
+        self.applied = [applied_offsets(g) for g in range(groups)]
 
     def item_site(self, sku: str, site: str) -> ItemSiteKeys:
         group = group_of(sku, site, self.groups)

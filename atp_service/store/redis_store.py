@@ -35,6 +35,7 @@ from atp_service.store import keys as k
 from atp_service.store._cluster import NodeScripts, connect_cluster
 from atp_service.store._packing import with_hiredis_packing
 from atp_service.store._pipe import ReplicaWait, ScriptPipe
+from atp_service.store.applied import BEHIND, AppliedOffsets, Origin
 from atp_service.store.keys import KeySpace
 from atp_service.store.reservation_keys import consumed_marks, hold, reservation_keys
 
@@ -177,6 +178,9 @@ CLUSTER_OUTBOX_POLL_MS = 20
 
 #: The status of an event whose fold raised inside the script (the others went on).
 FOLD_ERROR = "error"
+#: The status of an event not folded because Redis holds less of its partition than the
+#: worker recorded there (store/applied.py): it is read again from what Redis holds.
+FOLD_BEHIND = BEHIND
 #: Events folded by one script call at most: each call blocks Redis while it runs.
 _MAX_EVENTS_PER_CALL = 200
 #: De-duplication chunks outlive their generation by this much (clock differences).
@@ -185,7 +189,7 @@ _DEDUP_MARGIN_MS = 3_600_000
 
 @dataclass(frozen=True, slots=True)
 class FoldOutcome:
-    status: str  # folded | unchanged | duplicate | stale | error
+    status: str  # folded | unchanged | duplicate | stale | replayed | error | behind
     version: int
     changes_emitted: int
     drift: dict[str, Any] | None
@@ -199,11 +203,14 @@ class _FoldCall:
     """One script call: the events of one group (or one consumption), their keys and
     fingerprints, and where they stand in the batch."""
 
+    group: int
     keys: list[str]
     bodies: list[dict[str, Any]]
     fingerprints: bytes
     indexes: list[int]
     encoded: bytes = b""  # the bodies as ARGV[1], made with the rest (not while Redis waits)
+    #: The Kafka partitions of the events (their bodies' "p" is 1 + the index here).
+    partitions: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +221,29 @@ class PreparedFold:
     generation: int
     calls: list[_FoldCall]
     sites: frozenset[str]
+    origins: Sequence[Origin] | None = None
+
+
+def _from_partition(call: _FoldCall, body: dict[str, Any], origin: Origin) -> None:
+    """Tell fold.lua where the event was read (ARGV[6], the body's "p" and "o")."""
+    partitions = call.partitions
+    # A call's events come from few partitions, mostly the one of the event before.
+    if partitions and partitions[-1] == origin.partition:
+        body["p"] = len(partitions)
+    elif origin.partition in partitions:
+        body["p"] = partitions.index(origin.partition) + 1
+    else:
+        partitions.append(origin.partition)
+        body["p"] = len(partitions)
+    body["o"] = origin.offset
+
+
+def _expected_json(call: _FoldCall, applied: AppliedOffsets | None) -> bytes:
+    """ARGV[6] of fold.lua: each partition of the call, with the offset the worker knows
+    the group recorded of it."""
+    if applied is None:
+        return orjson.dumps([[p, -1] for p in call.partitions])
+    return orjson.dumps([[p, applied.expected(call.group, p)] for p in call.partitions])
 
 
 _OCCURRED_MS: dict[str, int | None] = {}
@@ -298,6 +328,15 @@ class PolicyChange:
     #: The X-Correlation-ID of that request: the availability.changed events the change
     #: causes (store/reevaluation.py) carry it.
     correlation_id: str | None = None
+
+
+def without_errors(replies: list[Any]) -> list[Any]:
+    """The replies of ``RedisStore.run_scripts``, raising the first error among them (as a
+    pipeline's ``execute()`` would), once every call was made."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def policy_to_json(policy: ChannelPolicy, change: PolicyChange | None = None) -> str:
@@ -488,6 +527,10 @@ class RedisStore:
             todo = lost
         return replies
 
+    async def run_scripts_or_raise(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """``run_scripts``, raising the first error a call met (once every call was made)."""
+        return without_errors(await self.run_scripts(calls))
+
     def register_script(self, name: str, libraries: Sequence[str] = ("_lib.lua",)) -> AsyncScript:
         """Load ``lua/<name>`` with the shared helpers prepended (for other adapters' scripts)."""
         script: AsyncScript = self.redis.register_script(_load_lua(name, libraries))
@@ -523,28 +566,42 @@ class RedisStore:
 
     # -- folding -----------------------------------------------------------------------------
 
-    def prepare_fold(self, events: Sequence[InventoryDelta | InventorySnapshot]) -> PreparedFold:
-        """Everything a fold needs but Redis, done ahead (no I/O): see ``fold_prepared``."""
+    def prepare_fold(
+        self,
+        events: Sequence[InventoryDelta | InventorySnapshot],
+        origins: Sequence[Origin] | None = None,
+    ) -> PreparedFold:
+        """Everything a fold needs but Redis, done ahead (no I/O): see ``fold_prepared``.
+        ``origins`` (one per event) say where each was read in Kafka (store/applied.py)."""
+        generation = self._generation()
         return PreparedFold(
             events=events,
-            generation=self._generation(),
-            calls=self._fold_calls(events, self._generation()),
+            generation=generation,
+            calls=self._fold_calls(events, generation, origins),
             sites=frozenset(event.site for event in events),
+            origins=origins,
         )
 
-    async def fold_prepared(self, prepared: PreparedFold, book: PolicyBook) -> list[FoldOutcome]:
+    async def fold_prepared(
+        self, prepared: PreparedFold, book: PolicyBook, applied: AppliedOffsets | None = None
+    ) -> list[FoldOutcome]:
         """Fold the prepared events in order, in one pipelined round trip.
 
         One script call folds the events of one hash-tag group (in their order); an allocated
         delta for a reservation goes alone, in its place in the order. Each event is folded on
         its own: one that fails comes back with status ``error`` and the others go on.
+
+        Events prepared with origins: one at or below the offset its group recorded for its
+        partition is ``replayed`` (not folded again); when a group holds less than
+        ``applied`` knows it recorded, none of that call's events is folded, each comes back
+        ``behind``, and ``applied`` learns what the other calls recorded.
         """
         if not prepared.events:
             return []
         generation = self._generation()
         calls = prepared.calls
         if generation != prepared.generation:  # prepared before a generation began
-            calls = self._fold_calls(prepared.events, generation)
+            calls = self._fold_calls(prepared.events, generation, prepared.origins)
         expires_at = str((generation + 2) * self._window + _DEDUP_MARGIN_MS)
         window = self._window_ms
         policies = book.lua_json
@@ -552,15 +609,25 @@ class RedisStore:
         replies = await self.run_scripts(
             [
                 (fold, call.keys,
-                 [call.encoded, policies, window, call.fingerprints, expires_at])
+                 [call.encoded, policies, window, call.fingerprints, expires_at,
+                  _expected_json(call, applied)])
                 for call in calls
             ]
         )  # fmt: skip
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply  # as execute() would: the caller folds one event at a time
+        replies = without_errors(replies)  # the caller then folds one event at a time
         outcomes: list[FoldOutcome | None] = [None] * len(prepared.events)
         for call, flat in zip(calls, replies, strict=True):
+            if flat[0] == FOLD_BEHIND:
+                for index in call.indexes:
+                    outcomes[index] = FoldOutcome(FOLD_BEHIND, 0, 0, None)
+                continue
+            events = len(call.indexes)
+            after = 4 * events + len(call.partitions)  # past the recorded offsets
+            if applied is not None:
+                recorded = flat[4 * events : after]
+                for partition, offset in zip(call.partitions, recorded, strict=True):
+                    applied.note(call.group, partition, int(offset))
+            consumed = events == 1 and len(flat) > after and flat[after] == "consumed"
             for n, index in enumerate(call.indexes):
                 status, version, emitted, detail = flat[4 * n : 4 * n + 4]
                 if status == FOLD_ERROR:
@@ -569,15 +636,19 @@ class RedisStore:
                     outcomes[index] = FoldOutcome(
                         str(status), int(version), int(emitted),
                         orjson.loads(detail) if detail else None,
-                        reservation_consumed=len(flat) == 5 and flat[4] == "consumed",
+                        reservation_consumed=consumed,
                     )  # fmt: skip
         return outcomes  # type: ignore[return-value]  # one call covers every event
 
     async def fold_many(
-        self, events: Sequence[InventoryDelta | InventorySnapshot], book: PolicyBook
+        self,
+        events: Sequence[InventoryDelta | InventorySnapshot],
+        book: PolicyBook,
+        origins: Sequence[Origin] | None = None,
+        applied: AppliedOffsets | None = None,
     ) -> list[FoldOutcome]:
         """Fold events in order, in one pipelined round trip; each fold is atomic on its own."""
-        return await self.fold_prepared(self.prepare_fold(events), book)
+        return await self.fold_prepared(self.prepare_fold(events, origins), book, applied)
 
     async def fold(
         self, event: InventoryDelta | InventorySnapshot, book: PolicyBook
@@ -589,7 +660,10 @@ class RedisStore:
         return int(time.time() * 1000) // self._window
 
     def _fold_calls(
-        self, events: Sequence[InventoryDelta | InventorySnapshot], generation: int
+        self,
+        events: Sequence[InventoryDelta | InventorySnapshot],
+        generation: int,
+        origins: Sequence[Origin] | None = None,
     ) -> list[_FoldCall]:
         keys, chunks, groups = self.keys, self._dedup_chunks, self.keys.groups
         # The key names of keys.py, spelt out here for speed (tests/unit/test_keys.py checks).
@@ -622,22 +696,36 @@ class RedisStore:
                 by_group.clear()
                 rid = event.reservation_id
                 body = _fold_body(event)
-                call_keys = [keys.outboxes[group], *event_keys, hold(group, rid),
-                             consumed_marks(group)]  # fmt: skip
-                body["hk"], body["mk"], body["hg"] = 7, 8, group
+                call_keys = [keys.outboxes[group], keys.applied[group], *event_keys,
+                             hold(group, rid), consumed_marks(group)]  # fmt: skip
+                body["hk"], body["mk"], body["hg"] = 8, 9, group
                 if not self.cluster:
-                    body["rk"] = 9
+                    body["rk"] = 10
                     call_keys += reservation_keys(keys, rid).as_list()
-                calls.append(_FoldCall(call_keys, [body], digest[:12], [index]))
+                alone = _FoldCall(group, call_keys, [body], digest[:12], [index])
+                calls.append(alone)
+                if origins is not None:
+                    _from_partition(alone, body, origins[index])
                 continue
             call = by_group.get(group)
             if call is None or len(call.indexes) >= _MAX_EVENTS_PER_CALL:
-                call = by_group[group] = _FoldCall([keys.outboxes[group]], [], b"", [])
+                call = by_group[group] = _FoldCall(
+                    group, [keys.outboxes[group], keys.applied[group]], [], b"", []
+                )
                 calls.append(call)
+            body = _fold_body(event)
             call.keys.extend(event_keys)
-            call.bodies.append(_fold_body(event))
+            call.bodies.append(body)
             call.fingerprints += digest[:12]
             call.indexes.append(index)
+            if origins is not None:
+                partition, body["o"] = origins[index]
+                partitions = call.partitions
+                # A call's events come from few partitions, mostly the one of the event before.
+                if partitions and partitions[-1] == partition:
+                    body["p"] = len(partitions)
+                else:
+                    _from_partition(call, body, origins[index])
         for call in calls:
             call.encoded = orjson.dumps(call.bodies)
         return calls
@@ -807,24 +895,32 @@ class RedisStore:
                 raise result
 
     async def read_outbox(
-        self, consumer: str, count: int, block_ms: int | None, *, pending: bool = False
+        self,
+        consumer: str,
+        count: int,
+        block_ms: int | None,
+        *,
+        pending: bool = False,
+        streams: Sequence[str] | None = None,
     ) -> list[OutboxEntry]:
-        """New entries for this relay consumer, or (``pending``) those it read but never acked.
+        """New entries of ``streams`` (all by default) for this relay consumer, or
+        (``pending``) those it read but never acknowledged, in their order.
 
-        On one Redis, one XREADGROUP over every stream, blocking up to ``block_ms`` for new
+        On one Redis, one XREADGROUP over the streams, blocking up to ``block_ms`` for new
         ones. On a Cluster each stream is in a slot of its own, and one command may not name
         two: one XREADGROUP per stream, pipelined, none blocking; when all come back empty,
         a pause of ``CLUSTER_OUTBOX_POLL_MS`` (at most ``block_ms``) before the answer.
         """
         start = "0" if pending else ">"
+        wanted = self.keys.outboxes if streams is None else streams
         if not self.cluster:
-            streams: dict[Any, Any] = dict.fromkeys(self.keys.outboxes, start)
+            ids: dict[Any, Any] = dict.fromkeys(wanted, start)
             reply = await self.redis.xreadgroup(
-                k.RELAY_GROUP, consumer, streams, count=count, block=None if pending else block_ms
+                k.RELAY_GROUP, consumer, ids, count=count, block=None if pending else block_ms
             )
             return self._entries(reply)
         pipe = self.redis.pipeline(transaction=False)
-        for stream in self.keys.outboxes:
+        for stream in wanted:
             pipe.xreadgroup(k.RELAY_GROUP, consumer, {stream: start}, count=count)
         entries: list[OutboxEntry] = []
         for reply in await pipe.execute():
@@ -833,19 +929,21 @@ class RedisStore:
             await asyncio.sleep(min(block_ms, CLUSTER_OUTBOX_POLL_MS) / 1000)
         return entries
 
-    async def claim_stale_outbox(
-        self, consumer: str, idle_ms: int, count: int
-    ) -> list[OutboxEntry]:
-        """Take over entries another relay read but never acknowledged (it died)."""
-        out: list[OutboxEntry] = []
-        for stream in self.keys.outboxes:
-            reply = await self.redis.xautoclaim(
-                stream, k.RELAY_GROUP, consumer, min_idle_time=idle_ms, start_id="0", count=count
-            )
-            for entry_id, fields in reply[1]:
-                if fields:
-                    out.append(OutboxEntry(stream, entry_id, outbox_records(fields)))
-        return out
+    async def claim_pending(self, streams: Sequence[str], consumer: str) -> int:
+        """Make every entry of ``streams`` read and never acknowledged (by a relay that holds
+        them no more) this consumer's; returns how many."""
+        claimed = 0
+        for stream in streams:
+            start = "0-0"
+            while True:
+                reply = await self.redis.xautoclaim(
+                    stream, k.RELAY_GROUP, consumer, min_idle_time=0, start_id=start, count=500
+                )
+                start = str(reply[0])
+                claimed += len(reply[1])
+                if start == "0-0":
+                    break
+        return claimed
 
     @staticmethod
     def _entries(reply: Any) -> list[OutboxEntry]:

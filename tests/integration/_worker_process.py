@@ -9,13 +9,17 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from atp_service.domain import ItemSite
 from atp_service.embedded import EmbeddedStack
+from atp_service.store import RedisStore
+from tests.random_refs import random_event_id
 
 #: How long a test waits for the worker to get somewhere (a worker joins its group in ~5 s).
 PATIENCE_SECONDS = 90.0
@@ -59,9 +63,19 @@ class WorkerProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP: the worker neither folds nor notices anything until ``resume``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        self.proc.send_signal(signal.SIGCONT)  # a paused worker cannot honour SIGTERM
         self.proc.terminate()
         try:
             self.proc.wait(30)
@@ -71,6 +85,17 @@ class WorkerProcess:
     def assert_alive(self) -> None:
         assert self.proc is not None
         assert self.proc.poll() is None, f"worker exited:\n{self.log_tail()}"
+
+    def assigned(self) -> bool:
+        """Whether the last assignment of partitions this worker logged gave it some."""
+        if not self.log_path.exists():
+            return False
+        lines = [
+            line
+            for line in self.log_path.read_text(errors="replace").splitlines()
+            if "Setting newly assigned partitions" in line
+        ]
+        return bool(lines) and "TopicPartition" in lines[-1]
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():
@@ -141,3 +166,50 @@ async def _caught_up(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]
 
 def json_value(record: Any) -> Any:
     return json.loads(record.value)
+
+
+async def produce_receipts(producer: AIOKafkaProducer, stream: list[tuple[ItemSite, int]]) -> None:
+    """WMS receipts (on_hand deltas) to ``wms.inventory.v1``, one per (item-site, quantity)."""
+    sends = []
+    for item, qty in stream:
+        body = {
+            "schema": "inventory.delta.v1",
+            "event_id": random_event_id("wms"),
+            "source": "wms",
+            "occurred_at": "2026-11-23T05:00:00Z",
+            "sku": item.sku,
+            "site": item.site,
+            "bucket": "on_hand",
+            "delta": qty,
+        }
+        key = f"{item.sku}@{item.site}".encode()
+        sends.append(
+            await producer.send("wms.inventory.v1", key=key, value=json.dumps(body).encode())
+        )
+    await asyncio.gather(*sends)
+
+
+async def versions_folded(store: RedisStore, items: list[ItemSite]) -> int:
+    """Events folded so far into ``items``, when each event bumps its item-site's version."""
+    return sum(pos.version for pos in await store.read_positions(items))
+
+
+def in_order_for_a_consumer(records: list[Any]) -> dict[bytes, list[int]]:
+    """Per key, the versions a consumer that drops what is not newer than what it has keeps:
+    with every event published in its order, that is every version, each in turn (a
+    redelivery of what it has is dropped, harmlessly)."""
+    newest: dict[bytes, int] = defaultdict(int)
+    kept: dict[bytes, list[int]] = defaultdict(list)
+    for record in records:
+        version = json_value(record)["version"]
+        if version > newest[record.key]:
+            newest[record.key] = version
+            kept[record.key].append(version)
+    return kept
+
+
+async def forget_event_ids(store: RedisStore) -> None:
+    """As if the de-duplication window had passed: every remembered event id is gone, and
+    only the applied offsets stand between a re-read and a second fold."""
+    async for key in store.redis.scan_iter(match="atp:{g*}:d:*", count=1000):
+        await store.redis.delete(key)

@@ -92,7 +92,10 @@ async def test_every_outbox_event_reaches_kafka_and_leaves_the_outbox(
     sku = random_sku()
     await _fold_receipts(store, sku, 5)
     relay = OutboxRelay(store, KafkaPublisher(producer), topic=EVENTS_TOPIC, consumer="t-relay-1")
-    await _drain(relay)
+    try:
+        await _drain(relay)
+    finally:
+        await relay.leases.release()  # the next test's relays need not wait for them to lapse
     events = await _published_for(stack, sku, 5)
     assert sorted(e["atp"] for e in events) == [1, 2, 3, 4, 5]
     stream = store.keys.item_site(sku, "DC-1").outbox
@@ -117,12 +120,16 @@ async def test_events_wait_in_the_outbox_while_kafka_is_down_and_go_out_once_aft
     # Each receipt moved two channels: "web" and "*" (every channel without a policy).
     assert len([r for r in await records_in(store, stream) if r[0] == f"{sku}@DC-1"]) == 6
 
-    # The failing relay "dies"; a healthy one claims what it held once it is idle enough.
+    # The failing relay "dies": its leases lapse, and a healthy relay takes its streams and
+    # publishes first what the dead one had read.
     await asyncio.sleep(0.2)
     healthy = OutboxRelay(
         store, KafkaPublisher(producer), topic=EVENTS_TOPIC, consumer="t-relay-2", claim_idle_ms=100
     )
-    await _drain(healthy)
+    try:
+        await _drain(healthy)
+    finally:
+        await healthy.leases.release()
     events = await _published_for(stack, sku, 3)
     assert sorted(e["atp"] for e in events) == [1, 2, 3]
 

@@ -11,6 +11,7 @@ import atp_service
 from atp_service.api import server
 from atp_service.api.server import serve
 from atp_service.config import Settings
+from atp_service.store.keys import FOLD_CATCHUP, FOLD_EPOCH
 from tests.unit.api_harness import READER, Api, make_settings, running_api
 
 
@@ -43,6 +44,44 @@ async def test_readyz_is_503_when_the_store_is_unreachable(api: Api) -> None:
     assert response.status_code == 503
     assert response.json()["code"] == "store_unavailable"
     assert "retry-after" in response.headers
+
+
+async def test_readyz_is_503_while_the_workers_read_again_what_redis_lost(api: Api) -> None:
+    await api.redis.set(FOLD_EPOCH, "e1")
+    await api.redis.hset(FOLD_CATCHUP, mapping={"wms.inventory.v1:3": "120"})
+
+    response = await api.client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "store_catching_up"
+    assert response.json()["partitions_catching_up"] == 1
+    assert "retry-after" in response.headers
+    assert "atp_store_catching_up 1.0" in (await api.client.get("/metrics")).text
+
+    await api.redis.delete(FOLD_CATCHUP)
+    assert (await api.client.get("/readyz")).status_code == 200
+    assert "atp_store_catching_up 0.0" in (await api.client.get("/metrics")).text
+
+
+async def test_readyz_is_503_once_a_tracked_store_came_back_empty(api: Api) -> None:
+    await api.redis.set(FOLD_EPOCH, "e1")
+    assert (await api.client.get("/readyz")).status_code == 200
+
+    await api.redis.flushall()  # restarted without persistence, no worker has noticed yet
+    response = await api.client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "store_catching_up"
+    assert response.json()["partitions_catching_up"] == -1
+    # A worker noticed and read everything again: a new epoch, nothing left to catch up.
+    await api.redis.set(FOLD_EPOCH, "e2")
+    assert (await api.client.get("/readyz")).status_code == 200
+
+
+async def test_readyz_is_200_over_a_store_no_worker_ever_tracked(api: Api) -> None:
+    await api.redis.flushall()
+
+    assert (await api.client.get("/readyz")).status_code == 200
 
 
 async def test_metrics_time_requests_by_route_template_and_status(api: Api) -> None:

@@ -12,8 +12,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from atp_service.domain import DEFAULT_AUTHORITY, ChannelPolicy, InventoryDelta, InventorySnapshot
-from atp_service.store import FoldOutcome, PolicyBook, RedisStore
-from atp_service.store.redis_store import FOLD_ERROR, PreparedFold
+from atp_service.store import FoldOutcome, KeySpace, PolicyBook, RedisStore
+from atp_service.store.applied import AppliedOffsets, Origin, StoreBehind
+from atp_service.store.redis_store import FOLD_BEHIND, FOLD_ERROR, PreparedFold
 from stream_agents._folding import BatchAbandoned, BatchFolder, InboundMessage
 
 Event = InventoryDelta | InventorySnapshot
@@ -23,7 +24,10 @@ class FakeStore:
     """Folds into a list; can be told to be down for a number of calls or to refuse events."""
 
     def __init__(self) -> None:
+        self.keys = KeySpace(4)
         self.folded: list[str] = []
+        #: Events of these partitions come back 'behind' (Redis holds less than recorded).
+        self.lost_partitions: set[str] = set()
         self.round_trips = 0
         self.down_for = 0
         self.refused: set[str] = set()
@@ -60,15 +64,25 @@ class FakeStore:
         self._call()
         self.sites.extend(sites)
 
-    def prepare_fold(self, events: Sequence[Event]) -> PreparedFold:
-        return PreparedFold(events, 0, [], frozenset(e.site for e in events))
+    def prepare_fold(
+        self, events: Sequence[Event], origins: Sequence[Origin] | None = None
+    ) -> PreparedFold:
+        return PreparedFold(events, 0, [], frozenset(e.site for e in events), origins)
 
-    async def fold_prepared(self, prepared: PreparedFold, book: PolicyBook) -> list[FoldOutcome]:
+    async def fold_prepared(
+        self, prepared: PreparedFold, book: PolicyBook, applied: AppliedOffsets | None = None
+    ) -> list[FoldOutcome]:
         """As the real script: a refused event comes back as an error, or (``refuse_all``)
         the whole call fails, as a script-level error would make it."""
         self._call()
         self.round_trips += 1
-        outcomes = [self._fold(e) for e in prepared.events]
+        origins = prepared.origins or [None] * len(prepared.events)
+        outcomes = [
+            FoldOutcome(FOLD_BEHIND, 0, 0, None)
+            if origin is not None and origin.partition in self.lost_partitions
+            else self._fold(e)
+            for e, origin in zip(prepared.events, origins, strict=True)
+        ]
         if self.refuse_all and any(o is None for o in outcomes):
             raise ResponseError("ERR user_script:1: bad event")
         return [
@@ -76,13 +90,19 @@ class FakeStore:
             for o in outcomes
         ]
 
-    async def fold(self, event: Event, book: PolicyBook) -> FoldOutcome:
+    async def fold_many(
+        self,
+        events: Sequence[Event],
+        book: PolicyBook,
+        origins: Sequence[Origin] | None = None,
+        applied: AppliedOffsets | None = None,
+    ) -> list[FoldOutcome]:
         self._call()
         self.round_trips += 1
-        outcome = self._fold(event)
-        if outcome is None:
+        outcomes = [self._fold(event) for event in events]
+        if any(outcome is None for outcome in outcomes):
             raise ResponseError("ERR user_script:1: bad event")
-        return outcome
+        return outcomes  # type: ignore[return-value]  # none is None
 
     def _fold(self, event: Event) -> FoldOutcome | None:
         if event.event_id in self.refused:
@@ -131,8 +151,8 @@ def message(
     )
 
 
-def garbage() -> InboundMessage:
-    return InboundMessage("wms.inventory.v1", 0, next(_offsets), b"SKU-1@DC-1", b"{{{")
+def garbage(partition: int = 0) -> InboundMessage:
+    return InboundMessage("wms.inventory.v1", partition, next(_offsets), b"SKU-1@DC-1", b"{{{")
 
 
 async def test_good_messages_fold_in_order_in_one_round_trip_and_bad_ones_dead_letter() -> None:
@@ -145,6 +165,28 @@ async def test_good_messages_fold_in_order_in_one_round_trip_and_bad_ones_dead_l
         (batch[1].offset, "malformed_json"),
         (batch[3].offset, "not_authoritative"),
     ]
+
+
+async def test_the_fold_is_told_where_each_event_was_read() -> None:
+    store, letters = FakeStore(), FakeDeadLetters()
+    batch = [message("e1"), garbage(), message("e2")]
+    prepared = folder_for(store, letters).prepare(batch)
+    assert prepared.fold.origins == [
+        Origin("wms.inventory.v1:0", batch[0].offset),
+        Origin("wms.inventory.v1:0", batch[2].offset),
+    ]
+
+
+async def test_a_batch_that_finds_redis_behind_dead_letters_its_rejects_then_says_so() -> None:
+    store, letters = FakeStore(), FakeDeadLetters()
+    store.lost_partitions.add("wms.inventory.v1:1")
+    kept = message("e1")
+    lost = InboundMessage("wms.inventory.v1", 1, 7, kept.key, kept.value.replace(b"e1", b"e2"))
+    with pytest.raises(StoreBehind) as behind:
+        await folder_for(store, letters).handle([kept, garbage(1), lost])
+    assert behind.value.partitions == {"wms.inventory.v1:1"}
+    assert store.folded == ["e1"]  # the other partition's events went through
+    assert [r["code"] for r in letters.records] == ["malformed_json"]
 
 
 async def test_a_redis_outage_is_retried_until_the_batch_is_folded() -> None:

@@ -12,7 +12,7 @@ from redis.crc import key_slot
 from atp_service.domain import Bucket, InventoryDelta, Source
 from atp_service.store import KeySpace, RedisStore
 from atp_service.store import keys as k
-from atp_service.store.keys import dedup_chunk, group_of
+from atp_service.store.keys import applied_offsets, dedup_chunk, group_of
 from atp_service.store.reservation_keys import id_in_group, reservation_group
 
 
@@ -31,6 +31,7 @@ def test_the_fold_uses_the_item_sites_keys_and_its_fingerprints_chunks() -> None
     g = prepared.generation
     assert call.keys == [
         item.outbox,
+        applied_offsets(group),
         item.position,
         item.drift,
         dedup_chunk(group, g - 1, chunk),

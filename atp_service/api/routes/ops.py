@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from atp_service import __version__
 from atp_service.api.deps import StateDep
-from atp_service.api.errors import store_unavailable
+from atp_service.api.errors import store_catching_up, store_unavailable
 from atp_service.api.state import STORE_ERRORS
 
 router = APIRouter(tags=["operations"])
@@ -24,18 +24,26 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Redis answers a PING in time (503 otherwise)",
-    description="`kafka` is informative: the API serves while Kafka is down, and the "
+    summary="Redis answers a PING in time and holds every fold (503 otherwise)",
+    description="503 `store_unavailable` while Redis is out of reach; 503 `store_catching_up` "
+    "while Redis, back holding less than was folded into it (restarted from an older RDB or "
+    "AOF, emptied, a replica promoted before it had the last writes), is being filled again "
+    "from Kafka by the workers (`partitions_catching_up` of them left; -1: no worker has "
+    "noticed yet). `kafka` is informative: the API serves while Kafka is down, and the "
     "outbox keeps the events until it is back.",
-    responses={503: {"description": "The store is unreachable"}},
+    responses={503: {"description": "The store is unreachable, or catching up"}},
 )
 async def readyz(state: StateDep) -> Any:
+    retry_after = state.settings.redis_retry_after_seconds
     try:
         async with asyncio.timeout(state.settings.redis_timeout_seconds * 2):
             await state.store.ping()
             await state.ensure_policies()
+            catching_up = await state.partitions_catching_up()
     except STORE_ERRORS:
-        return store_unavailable(state.settings.redis_retry_after_seconds)
+        return store_unavailable(retry_after)
+    if catching_up:
+        return store_catching_up(retry_after, catching_up)
     return {
         "status": "ready",
         "store": "ok",

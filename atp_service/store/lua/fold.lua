@@ -1,6 +1,7 @@
 -- Fold a batch of inbound inventory events of one hash-tag group, in order, in one call; each
 -- event is folded on its own (an error in one is reported for it and the others go on).
--- KEYS[1] the outbox stream of the group; for event i (0-based j = i - 1), from k = 1 + 5j:
+-- KEYS[1] the outbox stream of the group, KEYS[2] the group's applied offsets (below); for
+-- event i (0-based j = i - 1), from k = 2 + 5j:
 --   KEYS[k+1] its position hash, KEYS[k+2] its drift record,
 --   KEYS[k+3], KEYS[k+4], KEYS[k+5] the de-duplication chunk of its fingerprint in the
 --   previous, current and next generation (the current one is written).
@@ -8,16 +9,29 @@
 -- KEYS (see consume_reservation below).
 -- ARGV[1] JSON array of events (RedisStore._fold_body), ARGV[2] channel policies JSON,
 -- ARGV[3] de-duplication window in ms, ARGV[4] the events' fingerprints (12 bytes each,
--- concatenated), ARGV[5] when the current generation's chunks expire (ms since the epoch).
+-- concatenated), ARGV[5] when the current generation's chunks expire (ms since the epoch),
+-- ARGV[6] (optional) the Kafka partitions the events come from (below).
 -- The events it causes go out as one outbox entry per stream, and the positions it changed
 -- as one message on atp:changes (flush_batch, _lib.lua).
 -- Returns a flat array, 4 entries per event: status, version, changes emitted, and the
--- drift JSON (or ''); status 'folded', 'unchanged', 'duplicate', 'stale', or 'error' with
--- the error message in the 4th entry (what that event wrote before it failed stays); then,
+-- drift JSON (or ''); status 'folded', 'unchanged', 'duplicate', 'stale', 'replayed', or
+-- 'error' with the error message in the 4th entry (what that event wrote before it failed
+-- stays); then the offset now recorded for each partition of ARGV[6], in its order; then,
 -- when the event consumed its reservation (every line allocated; on a single Redis, where
 -- the record is told at once), one more: 'consumed'.
 -- An event's "oa" (occurred_at, epoch ms) is kept per source in the position ("o:<source>",
 -- the newest folded) and announced with it.
+--
+-- Applied offsets (stream_agents/_positions.py has the whole story). ARGV[6] is a JSON array
+-- of [field, expected] per partition, an event's "p" the (1-based) index of its partition
+-- there and "o" its offset. KEYS[2] holds per partition field the highest offset folded into
+-- this group, written here in the same call as the positions the events moved:
+-- - an event at or below it was folded already (a re-read, even past the de-duplication
+--   window): 'replayed', nothing written;
+-- - "expected" is what the worker knows it recorded itself; a recorded offset below it
+--   means Redis lost writes (restarted from an older RDB or AOF, or a replica promoted
+--   before it had them): nothing is folded, and the reply is 'behind' and the recorded
+--   offset of each partition, so that the worker reads the partitions again from there.
 
 local outbox = KEYS[1]
 local events = cjson.decode(ARGV[1])
@@ -29,6 +43,21 @@ local ms = now_ms()
 local today = math.floor(ms / 86400000)
 local now_iso = iso8601(ms)
 local consumed = false  -- the reservation became consumed (its last line allocated)
+
+-- [applied offsets] What this group recorded per partition, checked against the worker's
+-- expectation before anything is folded.
+local applied_key = KEYS[2]
+local partitions = {}
+if ARGV[6] ~= nil then partitions = cjson.decode(ARGV[6]) end
+local applied = {}
+local behind = false
+for i, p in ipairs(partitions) do
+  applied[i] = tonumber(redis.call('HGET', applied_key, p[1]) or '-1')
+  if applied[i] < p[2] then behind = true end
+end
+if behind then return {'behind', unpack(applied)} end
+local moved_partitions = {}
+-- [/applied offsets]
 
 -- [consumption] The WMS allocated units for a reservation: move what the reservation's hold
 -- in this group still holds (at most the delta) from reserved to allocated, so they are not
@@ -185,7 +214,13 @@ begin_batch()
 local out = {}
 for i, ev in ipairs(events) do
   local fingerprint = string.sub(fingerprints, 12 * i - 11, 12 * i)
-  local ok, status, version, n, detail = pcall(fold_one, ev, 1 + 5 * (i - 1), fingerprint)
+  local ok, status, version, n, detail
+  if ev.p ~= nil and ev.o <= applied[ev.p] then  -- [applied offsets] folded already
+    ok, status, version, n, detail = true, 'replayed', 0, 0, ''
+  else
+    if ev.p ~= nil then applied[ev.p] = ev.o; moved_partitions[ev.p] = true end
+    ok, status, version, n, detail = pcall(fold_one, ev, 2 + 5 * (i - 1), fingerprint)
+  end
   local j = #out
   if ok then
     out[j + 1] = status; out[j + 2] = version; out[j + 3] = n; out[j + 4] = detail
@@ -195,5 +230,13 @@ for i, ev in ipairs(events) do
   end
 end
 flush_batch()
+-- [applied offsets] In the same call as the positions the events moved.
+local writes = {}
+for i, p in ipairs(partitions) do
+  if moved_partitions[i] then writes[#writes + 1] = p[1]; writes[#writes + 1] = applied[i] end
+end
+if #writes > 0 then redis.call('HSET', applied_key, unpack(writes)) end
+for i = 1, #partitions do out[#out + 1] = applied[i] end
+-- [/applied offsets]
 if consumed then out[#out + 1] = 'consumed' end
 return out
