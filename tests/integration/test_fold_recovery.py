@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from atp_service.domain import ItemSite
-from atp_service.embedded import LOOPBACK, EmbeddedStack, ManagedProcess, free_port, redis_process
+from atp_service.embedded import LOOPBACK, EmbeddedStack, ManagedProcess, free_port
 from atp_service.store import KeySpace, RedisStore, connect
 from tests.integration._api_process import ApiProcess, start_api, stop_api
 from tests.integration._worker_process import (
@@ -32,18 +32,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    """A redis-server of this module alone: the tests kill it and start it again, from its
-    dump.rdb (SAVE) or from nothing."""
-    proc = redis_process(free_port(), tmp_path_factory.mktemp("redis"))
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_url(redis_server: ManagedProcess) -> str:
-    return f"redis://{LOOPBACK}:{redis_server.port}/0"
+def redis_url(module_redis: ManagedProcess) -> str:
+    """The module's redis-server: the tests kill it and start it again, from its dump.rdb
+    (SAVE) or from nothing."""
+    return f"redis://{LOOPBACK}:{module_redis.port}/0"
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +71,6 @@ async def store(redis_url: str) -> AsyncIterator[RedisStore]:
     await client.aclose()
 
 
-@pytest.fixture
-async def producer(stack: EmbeddedStack) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5)
-    await p.start()
-    yield p
-    await p.stop()
-
-
 class Receipts:
     """A stream of receipts over item-sites on every partition, and what folding it once gives."""
 
@@ -116,15 +100,15 @@ class Receipts:
         )
 
 
-async def restart(redis_server: ManagedProcess, store: RedisStore, *, from_dump: bool) -> None:
+async def restart(server: ManagedProcess, store: RedisStore, *, from_dump: bool) -> None:
     """SIGKILL, then start again: from the dump.rdb of the last SAVE, or empty."""
-    redis_server.signal(signal.SIGKILL)
-    assert redis_server.proc is not None
-    redis_server.proc.wait(10)
-    dump = Path(redis_server.argv[redis_server.argv.index("--dir") + 1]) / "dump.rdb"
+    server.signal(signal.SIGKILL)
+    assert server.proc is not None
+    server.proc.wait(10)
+    dump = Path(server.argv[server.argv.index("--dir") + 1]) / "dump.rdb"
     if not from_dump:
         dump.unlink(missing_ok=True)
-    redis_server.start()
+    server.start()
     await store.redis.connection_pool.disconnect()  # the test's own connections broke
 
 
@@ -137,7 +121,7 @@ def rewinds(worker: WorkerProcess) -> float:
 
 async def test_a_redis_restored_from_an_older_rdb_under_a_running_worker_catches_up(
     worker: WorkerProcess,
-    redis_server: ManagedProcess,
+    module_redis: ManagedProcess,
     store: RedisStore,
     producer: AIOKafkaProducer,
 ) -> None:
@@ -151,7 +135,7 @@ async def test_a_redis_restored_from_an_older_rdb_under_a_running_worker_catches
 
     worker.pause()  # so that what Redis comes back with can be looked at first
     try:
-        await restart(redis_server, store, from_dump=True)
+        await restart(module_redis, store, from_dump=True)
         assert await versions_folded(store, receipts.items) == 200  # the older state
         await forget_event_ids(store)
     finally:
@@ -165,7 +149,7 @@ async def test_a_redis_restored_from_an_older_rdb_under_a_running_worker_catches
 async def test_a_redis_that_comes_back_empty_is_refilled_and_readyz_says_catching_up_meanwhile(
     worker: WorkerProcess,
     api: ApiProcess,
-    redis_server: ManagedProcess,
+    module_redis: ManagedProcess,
     store: RedisStore,
     producer: AIOKafkaProducer,
 ) -> None:
@@ -181,7 +165,7 @@ async def test_a_redis_that_comes_back_empty_is_refilled_and_readyz_says_catchin
 
         worker.pause()
         try:
-            await restart(redis_server, store, from_dump=False)
+            await restart(module_redis, store, from_dump=False)
             # Before any worker noticed: the API knows that the store it saw came back empty.
             seen = (await client.get("/readyz")).json()
             assert (seen["code"], seen["partitions_catching_up"]) == ("store_catching_up", -1)

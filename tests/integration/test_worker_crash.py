@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +81,6 @@ class Receipts:
         kept = in_order_for_a_consumer(published)
         for key, item in keys.items():
             assert kept[key] == list(range(1, len(self.received[item]) + 1)), item
-
-
-@pytest.fixture
-async def producer(stack: EmbeddedStack) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def test_a_worker_killed_mid_stream_and_restarted_folds_every_event_exactly_once(
