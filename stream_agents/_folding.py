@@ -451,20 +451,36 @@ class BatchFolder:
         transient: Callable[[BaseException], bool],
         system: str,
     ) -> T:
-        delay = 0.05
-        while True:
-            try:
-                return await operation()
-            except Exception as exc:
-                if not transient(exc):
-                    raise
-                errors = metrics.REDIS_ERRORS if system == "redis" else metrics.KAFKA_ERRORS
-                errors.labels("worker").inc()
-                if self._should_give_up():
-                    raise BatchAbandoned(f"{what}: {exc!r} while stopping") from exc
-                log.warning("%s failed (%s: %s); retrying in %.2fs", what, system, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_backoff)
+        return await retry_while_down(
+            what, operation, transient, system, self._should_give_up, self._max_backoff
+        )
+
+
+async def retry_while_down(
+    what: str,
+    operation: Callable[[], Awaitable[T]],
+    transient: Callable[[BaseException], bool],
+    system: str,
+    should_give_up: Callable[[], bool],
+    max_backoff: float,
+) -> T:
+    """Run ``operation`` until it succeeds, retrying what ``transient`` says is an outage of
+    ``system`` ("redis" or "kafka") with backoff; raises ``BatchAbandoned`` once the worker
+    is stopping, anything else at once."""
+    delay = 0.05
+    while True:
+        try:
+            return await operation()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            errors = metrics.REDIS_ERRORS if system == "redis" else metrics.KAFKA_ERRORS
+            errors.labels("worker").inc()
+            if should_give_up():
+                raise BatchAbandoned(f"{what}: {exc!r} while stopping") from exc
+            log.warning("%s failed (%s: %s); retrying in %.2fs", what, system, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff)
 
 
 _FOLDED_COUNTERS: dict[tuple[str, str, str], Any] = {}

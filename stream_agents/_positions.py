@@ -33,7 +33,6 @@ The fold records, per partition and hash-tag group, the highest offset it folded
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -49,10 +48,9 @@ from atp_service.store.applied import (
     AppliedOffsets,
     FoldState,
     PartitionRecord,
-    StoreBehind,
 )
 from atp_service.store.keys import partition_field
-from stream_agents._folding import BatchAbandoned, redis_is_down
+from stream_agents._folding import redis_is_down, retry_while_down
 
 log = logging.getLogger(__name__)
 
@@ -285,21 +283,9 @@ class Positions:
         await self._redis("check applied offsets", lambda: self.store.check(self.applied))
 
     async def _redis(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        delay = 0.05
-        while True:
-            try:
-                return await operation()
-            except StoreBehind:
-                raise
-            except Exception as exc:
-                if not redis_is_down(exc):
-                    raise
-                metrics.REDIS_ERRORS.labels("worker").inc()
-                if self._should_give_up():
-                    raise BatchAbandoned(f"{what}: {exc!r} while stopping") from exc
-                log.warning("%s failed (redis: %s); retrying in %.2fs", what, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        return await retry_while_down(
+            what, operation, redis_is_down, "redis", self._should_give_up, 2.0
+        )
 
 
 def _now() -> float:
