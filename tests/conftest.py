@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio.cluster import RedisCluster
 
 from atp_service.embedded import (
+    LOOPBACK,
     EmbeddedRedisCluster,
     EmbeddedStack,
     ManagedProcess,
@@ -64,6 +65,17 @@ def own_redis(tmp_path: Path) -> Iterator[ManagedProcess]:
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def own_redis_or_cluster(redis_kind: str, request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """(URL, whether it is a Cluster) of a Redis for processes a test starts: one of the
+    test's own, or (``redis_kind`` cluster) the session's Cluster."""
+    if redis_kind == "cluster":
+        cluster: EmbeddedRedisCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url, True
+    own: ManagedProcess = request.getfixturevalue("own_redis")
+    return f"redis://{LOOPBACK}:{own.port}/0", False
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """An outbox relay alone in a process of its own, as each `atp worker` and `atp api` runs one:
-``python -m tests.integration._relay_process <redis url> <bootstrap> <name> <claim idle ms>``
-relays until SIGTERM (or SIGKILL)."""
+``python -m tests.integration._relay_process <redis url> <bootstrap> <name> <claim idle ms>
+[cluster]`` relays until SIGTERM (or SIGKILL); with ``cluster``, the URL names seed nodes of a
+Redis Cluster."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from atp_service.store import KeySpace, RedisStore, connect
 from stream_agents._kafka import LazyProducer
 
 
-async def main(redis_url: str, bootstrap: str, name: str, claim_idle_ms: int) -> None:
-    client = connect(redis_url, timeout=2.0, max_connections=8)
+async def main(
+    redis_url: str, bootstrap: str, name: str, claim_idle_ms: int, cluster: bool
+) -> None:
+    client = connect(redis_url, timeout=2.0, max_connections=64, cluster=cluster)
     producer = LazyProducer(bootstrap, client_id=name)
     relay = OutboxRelay(
         RedisStore(client, KeySpace(16), dedup_window_seconds=86_400),
@@ -35,4 +38,6 @@ async def main(redis_url: str, bootstrap: str, name: str, claim_idle_ms: int) ->
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    asyncio.run(
+        main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:] == ["cluster"])
+    )

@@ -211,5 +211,5 @@ def in_order_for_a_consumer(records: list[Any]) -> dict[bytes, list[int]]:
 async def forget_event_ids(store: RedisStore) -> None:
     """As if the de-duplication window had passed: every remembered event id is gone, and
     only the applied offsets stand between a re-read and a second fold."""
-    async for key in store.redis.scan_iter(match="atp:{g*}:d:*", count=1000):
+    for key in await store.scan_keys("atp:{g*}:d:*"):  # every primary of a Cluster
         await store.redis.delete(key)

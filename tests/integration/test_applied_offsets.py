@@ -1,4 +1,5 @@
-"""The fold's record of the Kafka offsets it applied, on a real redis-server (store/applied.py)."""
+"""The fold's record of the Kafka offsets it applied (store/applied.py), on a real redis-server
+and on a real Redis Cluster (where every call it makes is checked to touch one slot)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def items_in_groups(store: RedisStore, groups: int) -> list[ItemSite]:
     return list(by_group.values())
 
 
+@pytest.mark.both_redis_kinds
 async def test_a_re_read_past_the_deduplication_window_is_not_folded_again(
     store: RedisStore,
 ) -> None:
@@ -60,6 +62,7 @@ async def test_a_re_read_past_the_deduplication_window_is_not_folded_again(
     assert [(p.on_hand, p.version) for p in positions] == [(4, 4)] * 3
 
 
+@pytest.mark.both_redis_kinds
 async def test_each_group_records_the_highest_offset_it_folded_of_each_partition(
     store: RedisStore,
 ) -> None:
@@ -78,6 +81,7 @@ async def test_each_group_records_the_highest_offset_it_folded_of_each_partition
     assert records[wms].start == 0  # the other groups have folded nothing of it
 
 
+@pytest.mark.both_redis_kinds
 async def test_a_fold_into_a_group_holding_less_than_recorded_folds_nothing_of_it(
     store: RedisStore,
 ) -> None:
@@ -105,6 +109,7 @@ async def test_a_fold_into_a_group_holding_less_than_recorded_folds_nothing_of_i
     assert behind.value.partitions == {lost}
 
 
+@pytest.mark.both_redis_kinds
 async def test_advancing_brings_every_group_up_to_where_a_batch_ended(store: RedisStore) -> None:
     partition = a_partition()
     [item] = items_in_groups(store, 1)
@@ -124,6 +129,7 @@ async def test_advancing_brings_every_group_up_to_where_a_batch_ended(store: Red
     await applied_store.check(applied)  # Redis holds what was recorded
 
 
+@pytest.mark.both_redis_kinds
 async def test_an_advance_over_a_store_that_lost_writes_writes_nothing(store: RedisStore) -> None:
     partition = a_partition()
     applied = AppliedOffsets(store.keys.groups)
@@ -140,6 +146,7 @@ async def test_an_advance_over_a_store_that_lost_writes_writes_nothing(store: Re
     assert record.offsets[4] == 8  # the groups that held their record moved on
 
 
+@pytest.mark.both_redis_kinds
 async def test_forgetting_a_partition_drops_every_groups_record_and_its_catch_up(
     store: RedisStore,
 ) -> None:

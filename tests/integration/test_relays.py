@@ -15,12 +15,12 @@ import pytest
 
 from atp_service.config import EVENTS_TOPIC
 from atp_service.domain import Bucket, InventoryDelta, ItemSite, Source
-from atp_service.embedded import LOOPBACK, EmbeddedStack, ManagedProcess
+from atp_service.embedded import EmbeddedStack
 from atp_service.store import KeySpace, PolicyBook, RedisStore, connect
 from tests.integration._worker_process import in_order_for_a_consumer, json_value, read_topic
 from tests.random_refs import random_event_id, random_site, random_sku
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_redis_kinds]
 
 KEYS = 6
 VERSIONS = 250
@@ -28,12 +28,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class RelayProcess:
-    def __init__(self, redis_url: str, bootstrap: str, name: str, workdir: Path) -> None:
+    def __init__(
+        self, redis_url: str, bootstrap: str, name: str, workdir: Path, *, cluster: bool
+    ) -> None:
         self.log_path = workdir / f"{name}.log"
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.integration._relay_process", redis_url, bootstrap,
-                 name, "1000"],
+                 name, "1000", *(["cluster"] if cluster else [])],
                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
@@ -62,10 +64,13 @@ def relays() -> Iterator[list[RelayProcess]]:
 
 
 async def test_two_relays_one_killed_publish_every_event_of_a_key_in_its_order(
-    stack: EmbeddedStack, own_redis: ManagedProcess, relays: list[RelayProcess], tmp_path: Path
+    stack: EmbeddedStack,
+    own_redis_or_cluster: tuple[str, bool],
+    relays: list[RelayProcess],
+    tmp_path: Path,
 ) -> None:
-    url = f"redis://{LOOPBACK}:{own_redis.port}/0"
-    client = connect(url, timeout=2.0, max_connections=4)
+    url, cluster = own_redis_or_cluster
+    client = connect(url, timeout=2.0, max_connections=16, cluster=cluster)
     store = RedisStore(client, KeySpace(16), dedup_window_seconds=86_400)
     items = [ItemSite(random_sku(), random_site()) for _ in range(KEYS)]
     try:
@@ -78,8 +83,8 @@ async def test_two_relays_one_killed_publish_every_event_of_a_key_in_its_order(
                 await store.fold(event, PolicyBook.of({}))
     finally:
         await client.aclose()
-    first = RelayProcess(url, stack.bootstrap, "relay-a", tmp_path)
-    second = RelayProcess(url, stack.bootstrap, "relay-b", tmp_path)
+    first = RelayProcess(url, stack.bootstrap, "relay-a", tmp_path, cluster=cluster)
+    second = RelayProcess(url, stack.bootstrap, "relay-b", tmp_path, cluster=cluster)
     relays.extend([first, second])
     keys = {f"{item.sku}@{item.site}".encode() for item in items}
 

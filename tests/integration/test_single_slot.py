@@ -24,10 +24,12 @@ from atp_service.domain.reservations import (
 )
 from atp_service.domain.sites import SiteAttributes
 from atp_service.store import PolicyBook, RedisStore
-from atp_service.store.keys import group_of
+from atp_service.store.applied import NOTHING, AppliedOffsets, AppliedStore, Origin
+from atp_service.store.keys import group_of, outbox_lease
 from atp_service.store.rate_limit import SharedBuckets
 from atp_service.store.redis_store import FOLD_LIBRARIES, _load_lua
 from atp_service.store.reevaluation import Reevaluator
+from atp_service.store.relay_leases import RelayLeases
 from atp_service.store.replay_marks import ReplayMarks
 from atp_service.store.reservation_keys import idempotency_key_and_group, reservation_keys
 from atp_service.store.reservations import ReservationStore
@@ -214,6 +216,29 @@ async def test_every_script_the_service_runs_on_a_cluster_touches_one_slot(
             break
         await asyncio.sleep(0.01)
     await reevaluator.lease.release()
+
+    # The fold's applied offsets (store/applied.py): a fold told where its events were read,
+    # every group brought up to where the batch ended, and a check of what Redis holds.
+    partition = f"t{uuid.uuid4().hex[:8]}:0"
+    applied = AppliedOffsets(store.keys.groups)
+    applied.reset(partition, [NOTHING] * store.keys.groups)
+    await store.fold_many(
+        [InventoryDelta(random_event_id(), Source.WMS, a, site, Bucket.ON_HAND, 1, NOW)],
+        book,
+        [Origin(partition, 0)],
+        applied,
+    )
+    applied_store = AppliedStore(store)
+    await applied_store.advance(applied, {partition: (3, "f00d")})
+    await applied_store.check(applied)
+    await applied_store.forget([partition])
+    # The outbox streams' relay leases (store/relay_leases.py): taken, renewed, given up.
+    for group in range(store.keys.groups):  # none left by a relay of another test
+        await client.delete(outbox_lease(group))
+    leases = RelayLeases(store, f"slot-{uuid.uuid4().hex[:6]}", lease_ms=1_000)
+    assert await leases.share()
+    await leases.renew()
+    await leases.release()
 
     names = {name for name, _ in calls}
     assert names >= service_scripts() - SINGLE_REDIS_ONLY, (

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from atp_service.config import EVENTS_TOPIC
 from atp_service.domain import ChannelPolicy, ItemSite
-from atp_service.embedded import LOOPBACK, EmbeddedStack, ManagedProcess
+from atp_service.embedded import EmbeddedStack
 from atp_service.store import KeySpace, RedisStore, connect
 from tests.integration._worker_process import (
     WorkerProcess,
@@ -117,11 +117,15 @@ async def test_a_worker_killed_mid_stream_and_restarted_folds_every_event_exactl
         worker.stop()
 
 
+@pytest.mark.both_redis_kinds
 async def test_two_workers_share_the_partitions_and_one_killed_hands_its_over_losing_nothing(
-    stack: EmbeddedStack, own_redis: ManagedProcess, producer: AIOKafkaProducer, tmp_path: Path
+    stack: EmbeddedStack,
+    own_redis_or_cluster: tuple[str, bool],
+    producer: AIOKafkaProducer,
+    tmp_path: Path,
 ) -> None:
-    url = f"redis://{LOOPBACK}:{own_redis.port}/0"
-    client = connect(url, timeout=2.0, max_connections=8)
+    url, cluster = own_redis_or_cluster
+    client = connect(url, timeout=2.0, max_connections=16, cluster=cluster)
     store = RedisStore(client, KeySpace(16), dedup_window_seconds=86_400)
     receipts = Receipts(seed=20261204)
     await store.put_channel_policy(
@@ -133,6 +137,7 @@ async def test_two_workers_share_the_partitions_and_one_killed_hands_its_over_lo
     try:
         for worker in workers:
             worker.env["ATP_REDIS_URL"] = url
+            worker.env["ATP_REDIS_CLUSTER"] = "true" if cluster else "false"
             worker.start()
 
         async def both_have_partitions() -> bool:
