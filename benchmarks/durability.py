@@ -7,8 +7,9 @@ setting is measured the same way, in turns, back to back (the machine may be sha
 round runs every setting once, in a rotated order, so that a disturbance falls on all):
 
 1. a fresh redis-server with that setting (its files on the disk of the output directory,
-   not on a tmpfs, where fsync costs nothing), the embedded broker, `atp api` alone (it
-   then relays the outbox and expires reservations itself, as it does without a worker);
+   not on a tmpfs, where fsync costs nothing; for ``WAIT``, a replica beside it and
+   ``ATP_REDIS_WAIT_REPLICAS=1``), the embedded broker, `atp api` alone (it then relays
+   the outbox and expires reservations itself, as it does without a worker);
 2. the catalogue's stock folded straight into Redis;
 3. a Locust phase of ``ReserveOnlyUser`` (2-line reservations held 5 s, then expired), the
    reservation figure of `make bench`: requests/s, p50 and p99, and Redis' CPU per
@@ -45,7 +46,9 @@ import psutil
 
 from atp_service.domain import Bucket, InventorySnapshot, Source
 from atp_service.domain.reservations import InsufficientStock, LineRequest, ReservationRequest
+from atp_service.embedded import LOOPBACK, ManagedProcess, free_port, redis_process
 from atp_service.store import KeySpace, PolicyBook, RedisStore, connect
+from atp_service.store.redis_store import replica_wait
 from atp_service.store.reservations import ReservationStore
 from benchmarks.catalogue import Catalogue, Popularity, sku_name
 from benchmarks.locust_runs import run_phase
@@ -60,6 +63,9 @@ class Setting:
     name: str
     redis_args: tuple[str, ...]
     guarantee: str
+    #: A replica beside the primary, and every HTTP write answered once it has it
+    #: (``ATP_REDIS_WAIT_REPLICAS=1``; the store path waits the same way).
+    replica: bool = False
 
 
 SETTINGS = (
@@ -78,7 +84,15 @@ SETTINGS = (
         ("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
         "a write is on disk before Redis answers it",
     ),
+    Setting(
+        "WAIT 1 replica",
+        ("--appendonly", "no", "--save", ""),
+        "a write is on a replica before Redis answers it (a failover to it keeps it)",
+        replica=True,
+    ),
 )
+#: How long an answer waits for the replica (``ATP_REDIS_WAIT_TIMEOUT_MS``'s default).
+WAIT_TIMEOUT_MS = 200
 
 
 def with_args(argv: list[str], args: tuple[str, ...]) -> list[str]:
@@ -121,12 +135,18 @@ async def load_stock(redis_url: str, catalogue: Catalogue) -> None:
 
 
 async def reserve_through_the_store(
-    redis_url: str, catalogue: Catalogue, seconds: float, tasks: int
+    redis_url: str, catalogue: Catalogue, seconds: float, tasks: int, *, wait: bool = False
 ) -> dict[str, Any]:
     """2-line reservations (held 5 s) placed by ``tasks`` tasks through ``ReservationStore``
-    for ``seconds``: reservations/s, p50 and p99 in ms."""
+    for ``seconds`` (``wait``: each answered once a replica has it): reservations/s, p50 and
+    p99 in ms."""
     client = connect(redis_url, timeout=10.0, max_connections=tasks + 4)
-    store = RedisStore(client, KeySpace(16), dedup_window_seconds=86_400)
+    store = RedisStore(
+        client,
+        KeySpace(16),
+        dedup_window_seconds=86_400,
+        wait=replica_wait(1, WAIT_TIMEOUT_MS) if wait else None,
+    )
     reservations = ReservationStore(store, idempotency_ttl_seconds=86_400)
     book = PolicyBook.of({})
     popularity = Popularity(catalogue.skus, random.Random(18))
@@ -141,12 +161,13 @@ async def reserve_through_the_store(
             site = random.choice(sites)
             lines = tuple(LineRequest(sku, site, 1) for sku in popularity.distinct_skus(2))
             started = time.perf_counter()
+            key = os.urandom(16).hex()
             try:
                 await reservations.reserve(
                     ReservationRequest("web", lines, ttl_seconds=5),
-                    reservation_id="res_" + os.urandom(16).hex(),
+                    reservation_id=reservations.new_reservation_id("bench-durability", key),
                     principal="bench-durability",
-                    idempotency_key_value=os.urandom(16).hex(),
+                    idempotency_key_value=key,
                     correlation_id="bench-durability",
                     book=book,
                 )
@@ -190,9 +211,20 @@ def measure(setting: Setting, args: argparse.Namespace, out: Path, run: int) -> 
     redis = services.stack.redis
     redis.argv = with_args(redis.argv, ("--dir", str(workdir / "redis"), *setting.redis_args))
     (workdir / "redis").mkdir(parents=True, exist_ok=True)
+    replica: ManagedProcess | None = None
+    if setting.replica:
+        services.extra_env["ATP_REDIS_WAIT_REPLICAS"] = "1"
+        replica = redis_process(free_port(), workdir / "replica")
+        replica.argv = [
+            *with_args(replica.argv, setting.redis_args),
+            "--replicaof", LOOPBACK, str(services.stack.redis_port),
+        ]  # fmt: skip
     catalogue = Catalogue(args.skus, args.sites)
     try:
         services.start_stack()
+        if replica is not None:
+            replica.start()
+            wait_replicated(replica)
         asyncio.run(load_stock(services.stack.redis_url, catalogue))
         services.start_api(ceiling=False)
         env = {
@@ -216,17 +248,22 @@ def measure(setting: Setting, args: argparse.Namespace, out: Path, run: int) -> 
         redis_cpu = sum(redis_proc.cpu_times()[:2]) - cpu_before
         services.check_alive()
         row = phase.row("reserve 2 lines")
+        waits = replica is not None
         direct = asyncio.run(
             reserve_through_the_store(
-                services.stack.redis_url, catalogue, args.seconds, args.store_tasks
+                services.stack.redis_url, catalogue, args.seconds, args.store_tasks, wait=waits
             )
         )
         alone = asyncio.run(
-            reserve_through_the_store(services.stack.redis_url, catalogue, args.seconds / 2, 1)
+            reserve_through_the_store(
+                services.stack.redis_url, catalogue, args.seconds / 2, 1, wait=waits
+            )
         )
         persistence = _info(services.stack.redis_url, "persistence")
     finally:
         services.stop()
+        if replica is not None:
+            replica.stop()
     result = {
         "setting": setting.name,
         "run": run,
@@ -241,6 +278,21 @@ def measure(setting: Setting, args: argparse.Namespace, out: Path, run: int) -> 
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+def wait_replicated(replica: ManagedProcess, timeout: float = 30.0) -> None:
+    """Until the replica has synchronised with its primary."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis(host=LOOPBACK, port=replica.port, decode_responses=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while client.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica never synchronised with its primary")
+            time.sleep(0.1)
+    finally:
+        client.close()
 
 
 def _info(url: str, section: str) -> dict[str, Any]:

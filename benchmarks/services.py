@@ -81,6 +81,8 @@ class Services:
     ceiling_port: int = field(default_factory=free_port)
     worker_metrics_port: int = field(default_factory=free_port)
     children: dict[str, Child] = field(default_factory=dict)
+    #: ``ATP_*`` settings of this run beyond the defaults (every process gets them).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -119,6 +121,7 @@ class Services:
             "ATP_WORKER_METRICS_PORT": str(self.worker_metrics_port),
             # the demo's ship nodes (their names are the catalogue's): promises plan over them
             "ATP_SITES_FILE": str(Path(root) / "examples" / "sites.json"),
+            **self.extra_env,
         }
 
     # -- starting ------------------------------------------------------------------------------
