@@ -60,7 +60,7 @@ bench: $(INSTALLED)
 bench-quick: $(INSTALLED)
 	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
 
-# What Redis persistence costs a reservation (docs/operations-scale.md): each setting in
+# What Redis persistence and WAIT cost a reservation (docs/operations-scale.md): each setting in
 # turns, back to back; writes benchmarks/results/durability/.
 bench-durability: $(INSTALLED)
 	$(BIN)/python -m benchmarks.durability $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""`make bench-durability`: what Redis persistence costs a 2-line reservation.
+"""`make bench-durability`: what Redis persistence, or a replica (`WAIT`), costs a reservation.
 
 A reservation answered 201 lives only in Redis: Kafka cannot give it back (the fold can be
 read again, stream_agents/_positions.py; a reservation or an idempotency key cannot). What
